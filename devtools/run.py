@@ -1,0 +1,59 @@
+"""`make run`: the local SQS, the maker and the consumer in one terminal, each line prefixed by its source."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from types import FrameType
+
+from devtools.stack import Process, port_in_use, start_consumer, start_maker, start_sqs
+from widgets.sqs import LOCAL_ENDPOINT
+
+SQS_PORT = 9324
+MAKER_PORT = 5000
+PRINT_LOCK = threading.Lock()
+
+
+def echo(name: str, line: str) -> None:
+    """Print a child's line with its name in front."""
+    with PRINT_LOCK:
+        print(f"{name:>8} | {line}", flush=True)
+
+
+def main() -> int:
+    """Run all three until Ctrl-C or SIGTERM, then stop them in reverse order."""
+    for port, what in ((SQS_PORT, "the local SQS"), (MAKER_PORT, "the maker")):
+        if port_in_use(port):
+            print(
+                f"error: port {port} for {what} is in use (another `make run` or `make sqs`?)",
+                file=sys.stderr,
+            )
+            return 1
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    processes: list[Process] = []
+    try:
+        processes.append(start_sqs(SQS_PORT, echo=echo)[0])
+        maker, base = start_maker("widgets.db", MAKER_PORT, echo=echo)
+        processes.append(maker)
+        processes.append(start_consumer(LOCAL_ENDPOINT, f"{base}/add", echo=echo))
+        echo("run", "all running; send requests with: make produce ARGS='--count 5 --wait'; Ctrl-C stops")
+        while not stop.wait(0.5):
+            for process in processes:
+                if not process.running():
+                    echo("run", f"{process.name} exited ({process.popen.returncode}); stopping the rest")
+                    return 1
+        return 0
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

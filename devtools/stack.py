@@ -1,0 +1,206 @@
+"""The pieces as real processes (local SQS, maker, consumer), for the demo, `make run`, tests and bench."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    """Tell whether something already listens on 127.0.0.1:port."""
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def script_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Return the environment for a child script: unbuffered, no AWS endpoint or region inherited."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+class Process:
+    """A child process whose output lines are kept (and optionally echoed) as they come."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        echo: Callable[[str, str], None] | None = None,
+    ) -> None:
+        """Start argv; each output line is stored and passed to echo(name, line)."""
+        self.name = name
+        self.argv = list(argv)
+        self.lines: list[str] = []
+        self._echo = echo
+        self._new_line = threading.Condition()
+        self.popen = subprocess.Popen(
+            self.argv,
+            cwd=ROOT,
+            env=script_env(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        self._reader = threading.Thread(target=self._read, name=f"read-{name}", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            line = line.rstrip("\n")
+            with self._new_line:
+                self.lines.append(line)
+                self._new_line.notify_all()
+            if self._echo is not None:
+                self._echo(self.name, line)
+        with self._new_line:
+            self._new_line.notify_all()
+
+    def output(self) -> str:
+        """Return everything the process printed so far."""
+        with self._new_line:
+            return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 15.0, start: int = 0) -> re.Match[str]:
+        """Wait for an output line (from line index start on) matching pattern; return the match."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = start
+        with self._new_line:
+            while True:
+                for line in self.lines[seen:]:
+                    match = regex.search(line)
+                    if match:
+                        return match
+                seen = len(self.lines)
+                if self.popen.poll() is not None and not self._reader.is_alive():
+                    raise RuntimeError(
+                        f"{self.name} exited ({self.popen.returncode}) before {pattern!r}:\n{self.output()}"
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"{self.name} did not print {pattern!r} within {timeout}s:\n{self.output()}"
+                    )
+                self._new_line.wait(min(remaining, 0.2))
+
+    def running(self) -> bool:
+        """Tell whether the process is still running."""
+        return self.popen.poll() is None
+
+    def signal(self, signum: int) -> None:
+        """Send a signal to the process if it still runs."""
+        if self.running():
+            self.popen.send_signal(signum)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """Stop with SIGTERM, then SIGKILL after timeout; return the exit code."""
+        self.signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+        self._reader.join(2)
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        """Kill with SIGKILL, as a crash would."""
+        self.signal(signal.SIGKILL)
+        self.popen.wait()
+        self._reader.join(2)
+
+
+def wait_http(url: str, timeout: float = 15.0, process: Process | None = None) -> None:
+    """Wait until url answers any HTTP status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.RequestException:
+            if process is not None and not process.running():
+                raise RuntimeError(f"{process.name} exited:\n{process.output()}") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} did not answer within {timeout}s") from None
+            time.sleep(0.05)
+
+
+def start_sqs(port: int | None = None, echo: Callable[[str, str], None] | None = None) -> tuple[Process, str]:
+    """Start a local SQS (moto's server mode); return it and its endpoint URL."""
+    port = port or free_port()
+    process = Process("sqs", [PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], echo=echo)
+    endpoint = f"http://127.0.0.1:{port}"
+    wait_http(f"{endpoint}/moto-api/", process=process)
+    return process, endpoint
+
+
+def start_maker(
+    db: str | Path,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    echo: Callable[[str, str], None] | None = None,
+    args: Sequence[str] = (),
+) -> tuple[Process, str]:
+    """Start the widget maker; return it and its base URL once it answers /healthz."""
+    port = port or free_port()
+    argv = [PYTHON, "widget_maker.py", "--port", str(port), "--db", str(db), *args]
+    process = Process("maker", argv, env=env, echo=echo)
+    base = f"http://127.0.0.1:{port}"
+    wait_http(f"{base}/healthz", process=process)
+    return process, base
+
+
+def start_consumer(
+    endpoint: str,
+    maker_url: str,
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    echo: Callable[[str, str], None] | None = None,
+    name: str = "consumer",
+) -> Process:
+    """Start a consumer on the local SQS; return it once it is consuming."""
+    argv = [PYTHON, "widget_consumer.py", "--endpoint-url", endpoint, "--maker-url", maker_url, *args]
+    process = Process(name, argv, env=env, echo=echo)
+    process.wait_for(r"consuming ")
+    return process
+
+
+def run_script(
+    script: str, args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run one of the scripts to completion; return its result with output captured."""
+    return subprocess.run(
+        [PYTHON, script, *args],
+        cwd=ROOT,
+        env=script_env(env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

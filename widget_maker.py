@@ -1,0 +1,196 @@
+"""The widget maker: a small web app that validates widget requests and creates (stores) widgets."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from typing import Any
+
+import click
+from flask import Flask, current_app, jsonify, render_template_string, request
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
+
+from widgets.logs import FORMATS, LEVELS, configure_logging
+from widgets.messages import is_valid_widget_id
+from widgets.store import WidgetStore
+
+log = logging.getLogger("widget_maker")
+
+# A widget request is about 50 bytes; anything far larger is not one.
+MAX_BODY_BYTES = 16 * 1024
+
+INDEX_TEMPLATE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Widgets</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2rem; }
+table { border-collapse: collapse; }
+th, td { text-align: left; padding: 0.25rem 1rem 0.25rem 0; border-bottom: 1px solid #ddd; }
+td { font-family: ui-monospace, monospace; }
+</style>
+</head>
+<body>
+<h1>Widgets</h1>
+<p>{{ total }} widget{{ "" if total == 1 else "s" }} in all
+{%- if widgets %}; the {{ widgets|length }} most recent:{% endif %}</p>
+{% if widgets %}
+<table>
+<thead><tr><th>Widget id</th><th>Created</th><th>Idempotency key</th></tr></thead>
+<tbody>
+{% for widget in widgets %}
+<tr>
+<td><a href="/widget/{{ widget.widget_id }}">{{ widget.widget_id }}</a></td>
+<td>{{ widget.date_created }}</td>
+<td>{{ widget.idempotency_key or "" }}</td>
+</tr>
+{% endfor %}
+</tbody>
+</table>
+{% endif %}
+</body>
+</html>
+"""
+
+
+def store() -> WidgetStore:
+    """Return the app's widget store."""
+    widget_store: WidgetStore = current_app.extensions["widget_store"]
+    return widget_store
+
+
+def error(status: int, message: str) -> ResponseReturnValue:
+    """Return a JSON error response."""
+    return jsonify(error=message, status=status), status
+
+
+def authorized() -> bool:
+    """Tell whether the request carries the configured bearer token (always, when none is set)."""
+    token: str | None = current_app.config["TOKEN"]
+    if not token:
+        return True
+    sent = request.headers.get("Authorization", "")
+    # compare_digest: the time taken must not tell how much of a guess was right.
+    return hmac.compare_digest(sent.encode(), f"Bearer {token}".encode())
+
+
+def add_widget() -> ResponseReturnValue:
+    """Create the widget named in a JSON {"widget_id": ...} request, once."""
+    if not authorized():
+        return error(401, "missing or wrong bearer token")
+    if not request.is_json:
+        return error(415, "send the request as Content-Type: application/json")
+    data = request.get_json(silent=True)
+    if data is None:
+        return error(400, "the body is not valid JSON")
+    widget_id = data.get("widget_id") if isinstance(data, dict) else None
+    if not isinstance(widget_id, str) or not is_valid_widget_id(widget_id):
+        return error(422, "widget_id must be a canonical version-1 UUID string")
+    key = request.headers.get("Idempotency-Key")
+    widget, created = store().create(widget_id, key[:200] if key else None)
+    if not created:
+        log.info("widget_exists widget_id=%s", widget_id, extra={"widget_id": widget_id})
+        return jsonify(widget), 200
+    log.info("widget_created widget_id=%s", widget_id, extra={"widget_id": widget_id})
+    return jsonify(widget), 201, {"Location": f"/widget/{widget_id}"}
+
+
+def get_widget(widget_id: str) -> ResponseReturnValue:
+    """Return a stored widget, or 404."""
+    widget = store().get(widget_id)
+    if widget is None:
+        return error(404, "no such widget")
+    return jsonify(widget)
+
+
+def healthz() -> ResponseReturnValue:
+    """Answer that the maker is up."""
+    return jsonify(status="ok")
+
+
+def index() -> ResponseReturnValue:
+    """Show the most recent widgets as a plain HTML page."""
+    return render_template_string(INDEX_TEMPLATE, widgets=store().recent(50), total=store().count())
+
+
+def http_error(exception: HTTPException) -> ResponseReturnValue:
+    """Answer every HTTP error (404, 405, 413, ...) with a JSON body instead of HTML."""
+    return error(exception.code or 500, exception.description or exception.name)
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the widget maker app: defaults, then the environment, then test_config."""
+    app = Flask(__name__)
+    app.config.from_mapping(
+        DATABASE=os.environ.get("WIDGET_MAKER_DB", "widgets.db"),
+        TOKEN=os.environ.get("WIDGET_MAKER_TOKEN") or None,
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+    )
+    if test_config is not None:
+        app.config.update(test_config)
+    app.extensions["widget_store"] = WidgetStore(app.config["DATABASE"])
+    app.add_url_rule("/add", view_func=add_widget, methods=["POST"])
+    app.add_url_rule("/widget/<widget_id>", view_func=get_widget)
+    app.add_url_rule("/healthz", view_func=healthz)
+    app.add_url_rule("/", view_func=index)
+    app.register_error_handler(HTTPException, http_error)
+    return app
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=5000, show_default=True, help="Port to listen on."
+)
+@click.option(
+    "--db",
+    envvar="WIDGET_MAKER_DB",
+    default="widgets.db",
+    show_default=True,
+    help="SQLite file the widgets are stored in.",
+)
+@click.option(
+    "--threads", type=click.IntRange(1, 256), default=16, show_default=True, help="Requests served at once."
+)
+@click.option(
+    "--log-level", type=click.Choice(LEVELS, case_sensitive=False), default="INFO", show_default=True
+)
+@click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True)
+def main(host: str, port: int, db: str, threads: int, log_level: str, log_format: str) -> None:
+    """Serve the widget maker: POST /add creates a widget, GET /widget/ID shows one.
+
+    Set WIDGET_MAKER_TOKEN to require "Authorization: Bearer <token>" on POST /add.
+
+    \b
+    Example:
+        venv/bin/python widget_maker.py --port 5000 --db widgets.db
+    """
+    import waitress
+
+    configure_logging(log_level, log_format)
+    app = create_app({"DATABASE": db})
+    try:
+        server = waitress.create_server(app, host=host, port=port, threads=threads)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    log.info(
+        "listening on http://%s:%s (db %s, token %s)",
+        host,
+        server.effective_port,
+        db,
+        "required" if app.config["TOKEN"] else "not required",
+    )
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    log.info("stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""The widget producer: sends widget requests to the request queue, and can wait for their outcomes."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import CancelledError, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+from botocore.exceptions import BotoCoreError, ClientError
+
+from widgets.cli import CONTEXT_SETTINGS, sqs_options
+from widgets.messages import OK, new_widget_id, request_body
+from widgets.sqs import MAX_BATCH, SQSClient, batches, describe_error, make_client, queue_url
+
+# Batches in flight at once for a large --count; more buys little against one SQS endpoint.
+SEND_THREADS = 8
+# Retries for the entries of a batch that SQS refused one by one (throttling, internal errors).
+ENTRY_RETRIES = 3
+
+
+@dataclass
+class SendResult:
+    """What a send run achieved: the requests SQS accepted and what went wrong with the rest."""
+
+    sent: list[tuple[str, str]] = field(default_factory=list)  # (message id, widget id)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (widget id, reason)
+
+
+def send_batch(sqs: SQSClient, url: str, widget_ids: list[str]) -> SendResult:
+    """Send up to ten requests in one call, retrying the entries SQS refused one by one."""
+    result = SendResult()
+    pending = {str(index): widget_id for index, widget_id in enumerate(widget_ids)}
+    for attempt in range(ENTRY_RETRIES + 1):
+        answer = sqs.send_message_batch(
+            QueueUrl=url,
+            Entries=[{"Id": key, "MessageBody": request_body(wid)} for key, wid in pending.items()],
+        )
+        for sent in answer.get("Successful", []):
+            result.sent.append((sent["MessageId"], pending.pop(sent["Id"])))
+        failures = answer.get("Failed", [])
+        retryable = [entry for entry in failures if not entry.get("SenderFault")]
+        for entry in failures:
+            if entry.get("SenderFault") or attempt == ENTRY_RETRIES:
+                reason = f"{entry.get('Code')}: {entry.get('Message', '')}"
+                result.failed.append((pending.pop(entry["Id"]), reason))
+        if not retryable or not pending:
+            break
+        time.sleep(0.1 * 2**attempt)
+    return result
+
+
+def send_requests(
+    sqs: SQSClient,
+    url: str,
+    widget_ids: list[str],
+    threads: int = SEND_THREADS,
+    on_batch: Callable[[SendResult], None] | None = None,
+) -> SendResult:
+    """Send requests in batches of ten, several batches at once; stop at the first call that fails."""
+    total = SendResult()
+    chunks = list(batches(widget_ids, MAX_BATCH))
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(chunks)))) as pool:
+        futures = [pool.submit(send_batch, sqs, url, chunk) for chunk in chunks]
+        error: Exception | None = None
+        for chunk, future in zip(chunks, futures, strict=False):
+            try:
+                result = future.result()
+            except (BotoCoreError, ClientError) as exc:
+                # Whether SQS took this batch is unknown only if the call died mid-way;
+                # we report it as not sent, which is what we can vouch for.
+                error = error or exc
+                result = SendResult(failed=[(wid, describe_error(exc, sqs)) for wid in chunk])
+            except CancelledError:
+                result = SendResult(failed=[(wid, "not sent after an earlier error") for wid in chunk])
+            total.sent.extend(result.sent)
+            total.failed.extend(result.failed)
+            if on_batch is not None:
+                on_batch(result)
+            if error is not None:
+                for pending in futures:
+                    pending.cancel()
+    return total
+
+
+def wait_for_responses(
+    sqs: SQSClient, url: str, message_ids: Iterable[str], timeout: float
+) -> dict[str, dict[str, Any]]:
+    """Collect the responses to message_ids from the response queue, deleting only those."""
+    waiting = set(message_ids)
+    found: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout
+    while waiting and time.monotonic() < deadline:
+        wait = int(min(5, max(0, deadline - time.monotonic())))
+        messages = sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=MAX_BATCH, WaitTimeSeconds=wait, VisibilityTimeout=30
+        ).get("Messages", [])
+        mine, others = [], []
+        for message in messages:
+            try:
+                response = json.loads(message["Body"])
+                request_id = response["MessageId"]
+            except (ValueError, KeyError, TypeError):
+                request_id = None
+            if request_id in waiting:
+                found[request_id] = response
+                waiting.discard(request_id)
+                mine.append(message)
+            elif request_id in found:
+                mine.append(message)  # a duplicate response to a request already answered
+            else:
+                others.append(message)
+        if mine:
+            sqs.delete_message_batch(
+                QueueUrl=url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(mine)],
+            )
+        if others:
+            # Someone else's responses: hand them back at once.
+            sqs.change_message_visibility_batch(
+                QueueUrl=url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+                    for i, m in enumerate(others)
+                ],
+            )
+    return found
+
+
+def describe_response(response: dict[str, Any]) -> str:
+    """Return one line describing a response."""
+    line = f"{response.get('Status')} {response.get('WidgetId')} receive_count={response.get('ReceiveCount')}"
+    if response.get("Reason"):
+        line += f" reason={response['Reason']!r}"
+    return line
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@sqs_options
+@click.option("--widget-id", help="Widget id to request (default: a new version-1 UUID).")
+@click.option(
+    "--count",
+    type=click.IntRange(1, 1_000_000),
+    default=1,
+    show_default=True,
+    help="Number of requests, each with a new widget id.",
+)
+@click.option("--wait", is_flag=True, help="Wait for the outcomes and print them; exit 1 if any is not OK.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, 3600),
+    default=60,
+    show_default=True,
+    help="Seconds --wait waits at most.",
+)
+def main(
+    region: str | None,
+    endpoint_url: str | None,
+    sqs_request_queue: str,
+    sqs_response_queue: str,
+    widget_id: str | None,
+    count: int,
+    wait: bool,
+    timeout: float,
+) -> None:
+    """Send widget requests ({"WidgetId": "<id>"}) to the request queue.
+
+    Prints one line per request sent: its message id and widget id.
+
+    \b
+    Examples:
+        venv/bin/python widget_producer.py
+        venv/bin/python widget_producer.py --widget-id=31f37378-54f4-11e5-ad75-3c970e65f731
+        venv/bin/python widget_producer.py --count 500
+        venv/bin/python widget_producer.py --region=ap-southeast-2 --wait
+    """
+    if widget_id is not None and count != 1:
+        raise click.UsageError("--widget-id sends one request; it cannot go with --count")
+    sqs = make_client(region, endpoint_url, max_connections=SEND_THREADS + 2)
+    request_url = queue_url(sqs, sqs_request_queue)
+    response_url = queue_url(sqs, sqs_response_queue) if wait else None
+    widget_ids = [widget_id] if widget_id is not None else [new_widget_id() for _ in range(count)]
+
+    started = time.monotonic()
+    show_progress = count > MAX_BATCH and sys.stderr.isatty()
+    with click.progressbar(
+        length=count, label="sending", file=sys.stderr, hidden=not show_progress
+    ) as progress:
+
+        def report(batch: SendResult) -> None:
+            for message_id, sent_id in batch.sent:
+                click.echo(f"{message_id} {sent_id}")
+            progress.update(len(batch.sent) + len(batch.failed))
+
+        result = send_requests(sqs, request_url, widget_ids, on_batch=report)
+    elapsed = time.monotonic() - started
+    if count > 1:
+        rate = len(result.sent) / elapsed if elapsed > 0 else 0.0
+        click.echo(f"sent {len(result.sent)} requests in {elapsed:.2f}s ({rate:.0f}/s)", err=True)
+    if result.failed:
+        widget, reason = result.failed[0]
+        raise click.ClickException(
+            f"{len(result.failed)} of {count} requests were not sent (first: {widget}: {reason})"
+        )
+
+    if response_url is not None:
+        try:
+            responses = wait_for_responses(sqs, response_url, [m for m, _ in result.sent], timeout)
+        except (BotoCoreError, ClientError) as exc:
+            raise click.ClickException(describe_error(exc, sqs, sqs_response_queue)) from exc
+        for message_id, _ in result.sent:
+            if message_id in responses:
+                click.echo(describe_response(responses[message_id]))
+        missing = len(result.sent) - len(responses)
+        not_ok = sum(1 for r in responses.values() if r.get("Status") != OK)
+        if missing:
+            raise click.ClickException(
+                f"{missing} of {len(result.sent)} responses did not come within {timeout:g}s"
+            )
+        if not_ok:
+            raise click.ClickException(f"{not_ok} of {len(result.sent)} requests did not end OK")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The message formats on the request and response queues, and what makes a widget id valid."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+# Statuses a request can end with; RETRY is not terminal, it is what the consumer does meanwhile.
+OK = "OK"
+REJECTED = "REJECTED"
+FAILED = "FAILED"
+RETRY = "RETRY"
+
+# A widget id is a 36-character UUID; anything much longer is garbage, and echoing it back
+# into responses and logs would only spread it.
+MAX_WIDGET_ID_CHARS = 256
+# Well below SQS's 256 KiB message limit: a widget request is about 50 bytes.
+MAX_REQUEST_BODY_CHARS = 4096
+
+
+class InvalidRequest(ValueError):
+    """A request body that can never become a widget, whatever the maker's state."""
+
+
+def new_widget_id() -> str:
+    """Return a fresh version-1 UUID as a string, as the seed did."""
+    return str(uuid.uuid1())
+
+
+def is_valid_widget_id(widget_id: object) -> bool:
+    """Tell whether widget_id is a canonical (lowercase, hyphenated) version-1 UUID."""
+    if not isinstance(widget_id, str) or len(widget_id) != 36:
+        return False
+    try:
+        parsed = uuid.UUID(widget_id)
+    except ValueError:
+        return False
+    return str(parsed) == widget_id and parsed.version == 1
+
+
+def request_body(widget_id: str) -> str:
+    """Return the request queue message body for widget_id."""
+    return json.dumps({"WidgetId": widget_id})
+
+
+def parse_request(body: str) -> str:
+    """Return the WidgetId of a request body, or raise InvalidRequest saying why it is not one."""
+    if len(body) > MAX_REQUEST_BODY_CHARS:
+        raise InvalidRequest(f"body is {len(body)} characters, over {MAX_REQUEST_BODY_CHARS}")
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise InvalidRequest("body is not JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"body is a JSON {type(data).__name__}, not an object")
+    if "WidgetId" not in data:
+        raise InvalidRequest("body has no WidgetId")
+    widget_id = data["WidgetId"]
+    if not isinstance(widget_id, str):
+        raise InvalidRequest(f"WidgetId is a JSON {type(widget_id).__name__}, not a string")
+    if len(widget_id) > MAX_WIDGET_ID_CHARS:
+        raise InvalidRequest(f"WidgetId is {len(widget_id)} characters, over {MAX_WIDGET_ID_CHARS}")
+    return widget_id
+
+
+def response_body(
+    message_id: str,
+    widget_id: str | None,
+    status: str,
+    receive_count: int,
+    reason: str | None = None,
+    widget: dict[str, Any] | None = None,
+) -> str:
+    """Return the response queue message body reporting a request's outcome."""
+    response: dict[str, Any] = {
+        "MessageId": message_id,
+        "WidgetId": widget_id,
+        "Status": status,
+        "ReceiveCount": receive_count,
+    }
+    if reason is not None:
+        response["Reason"] = reason
+    if widget is not None:
+        response["Widget"] = widget
+    return json.dumps(response)

@@ -1,0 +1,76 @@
+"""The widget store: SQLite, one row per widget id, safe for many threads and processes."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS widgets (
+    widget_id TEXT PRIMARY KEY,
+    date_created TEXT NOT NULL,
+    idempotency_key TEXT
+)
+"""
+
+
+class WidgetStore:
+    """Widgets in an SQLite file, with one connection per thread (SQLite connections are not shared)."""
+
+    def __init__(self, path: str) -> None:
+        """Open (creating if needed) the store at path."""
+        self.path = path
+        self._local = threading.local()
+        self._connection().execute(SCHEMA)
+
+    def _connection(self) -> sqlite3.Connection:
+        """Return this thread's connection, opening it on first use."""
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            # autocommit (isolation_level=None): every statement is its own transaction.
+            connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            connection.row_factory = sqlite3.Row
+            # WAL lets readers run while a writer commits; NORMAL sync is durable across
+            # a process crash, which is the failure this store has to survive.
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            self._local.connection = connection
+        return connection
+
+    def create(self, widget_id: str, idempotency_key: str | None = None) -> tuple[dict[str, Any], bool]:
+        """Store a widget unless it exists; return the stored widget and whether it was new."""
+        connection = self._connection()
+        now = datetime.now(UTC).isoformat(timespec="microseconds")
+        cursor = connection.execute(
+            "INSERT INTO widgets (widget_id, date_created, idempotency_key) VALUES (?, ?, ?)"
+            " ON CONFLICT (widget_id) DO NOTHING",
+            (widget_id, now, idempotency_key),
+        )
+        widget = self.get(widget_id)
+        assert widget is not None, "a widget just inserted or found must be there"
+        return widget, cursor.rowcount == 1
+
+    def get(self, widget_id: str) -> dict[str, Any] | None:
+        """Return the stored widget, or None."""
+        row = self._connection().execute("SELECT * FROM widgets WHERE widget_id = ?", (widget_id,)).fetchone()
+        return dict(row) if row is not None else None
+
+    def recent(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Return the most recently created widgets, newest first."""
+        rows = self._connection().execute(
+            "SELECT * FROM widgets ORDER BY date_created DESC LIMIT ?", (limit,)
+        )
+        return [dict(row) for row in rows]
+
+    def count(self) -> int:
+        """Return how many widgets exist."""
+        return int(self._connection().execute("SELECT count(*) FROM widgets").fetchone()[0])
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
