@@ -60,6 +60,8 @@ MAX_VISIBILITY = 43200
 RETRY_STATUS_CODES = {401, 403, 408, 429}
 # SQS allows at most ten message attributes; the dead-letter copy adds three of its own.
 MAX_COPIED_ATTRIBUTES = 7
+# Pause after an empty short poll (--wait-time 0), so an idle consumer does not spin.
+IDLE_PAUSE = 0.2
 # How often the consumer logs a summary while it is busy.
 SUMMARY_INTERVAL = 30.0
 
@@ -457,6 +459,9 @@ class Consumer:
                 continue
             self._outage.recovered()
             self._let_go(wanted - len(messages))
+            if not messages and not self.settings.wait_time:
+                # Short polling on an empty queue: pause rather than spin on paid calls.
+                self.stopping.wait(IDLE_PAUSE)
             for message in messages:
                 if self.stopping.is_set():
                     self.release(message)
@@ -554,7 +559,9 @@ class Consumer:
         for _ in self._workers:
             self._work.put(None)
         for worker in self._workers:
-            worker.join()
+            # Short timed joins, so a second signal's handler gets to run meanwhile.
+            while worker.is_alive():
+                worker.join(0.1)
         while True:
             try:
                 leftover = self._work.get_nowait()

@@ -1,0 +1,120 @@
+"""Fixtures: moto's in-process SQS with the three queues, the maker app, and stand-in HTTP servers."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from moto import mock_aws
+from werkzeug.serving import make_server
+
+from widget_maker import create_app
+from widgets.sqs import DEAD_LETTER_QUEUE, REQUEST_QUEUE, RESPONSE_QUEUE, QueueUrls, ensure_queues
+
+REGION = "us-east-1"
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials and a region, and nothing of the developer's own AWS setup."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS", "AWS_PROFILE", "WIDGET_MAKER_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture
+def sqs(aws_env: None) -> Iterator[Any]:
+    """An SQS client on moto's in-process mock."""
+    with mock_aws():
+        yield boto3.client("sqs", region_name=REGION)
+
+
+@pytest.fixture
+def queues(sqs: Any) -> QueueUrls:
+    """The three queues, created as the consumer creates them (max receives 3)."""
+    return ensure_queues(sqs, REQUEST_QUEUE, RESPONSE_QUEUE, DEAD_LETTER_QUEUE, max_receives=3)
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Flask:
+    """The maker app on a fresh database."""
+    return create_app({"TESTING": True, "DATABASE": str(tmp_path / "widgets.db"), "TOKEN": None})
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client of the maker app."""
+    return app.test_client()
+
+
+def serve_in_thread(server: Any) -> Callable[[], None]:
+    """Serve a server in a daemon thread; return the function that stops it."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    return stop
+
+
+@pytest.fixture
+def maker_url(app: Flask) -> Iterator[str]:
+    """The real maker app served over HTTP on a free port; yields its /add URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    stop = serve_in_thread(server)
+    yield f"http://127.0.0.1:{server.port}/add"
+    stop()
+
+
+class ScriptedMaker:
+    """A stand-in maker answering with a set status (and delay), for answers the real one never gives."""
+
+    def __init__(self) -> None:
+        """Answer 201 until told otherwise."""
+        self.status = 201
+        self.delay = 0.0
+        self.requests: list[dict[str, Any]] = []
+
+
+@pytest.fixture
+def scripted_maker() -> Iterator[tuple[ScriptedMaker, str]]:
+    """A stand-in maker over HTTP; yields it and its /add URL."""
+    script = ScriptedMaker()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            script.requests.append({"body": self.rfile.read(length), "headers": dict(self.headers)})
+            time.sleep(script.delay)
+            body = json.dumps({"error": "scripted"}).encode()
+            self.send_response(script.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    stop = serve_in_thread(server)
+    yield script, f"http://127.0.0.1:{server.server_address[1]}/add"
+    stop()

@@ -1,0 +1,361 @@
+"""The consumer's decision for every row of the outcome table, its batching, retries and stop, on moto."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+import pytest
+from botocore.exceptions import EndpointConnectionError
+
+from devtools.stack import free_port
+from tests.conftest import ScriptedMaker
+from widget_consumer import (
+    Consumer,
+    Outbox,
+    Received,
+    Settings,
+    make_http_session,
+    retry_delay,
+)
+from widgets.messages import FAILED, OK, REJECTED, RETRY, request_body
+from widgets.sqs import QueueUrls
+
+VALID_ID = "31f37378-54f4-11e5-ad75-3c970e65f731"
+
+
+def receive_one(sqs: Any, url: str, wait: int = 0) -> Received:
+    """Receive exactly one message from url, as the consumer does."""
+    messages = sqs.receive_message(
+        QueueUrl=url, WaitTimeSeconds=wait, VisibilityTimeout=30,
+        MessageSystemAttributeNames=["ApproximateReceiveCount"], MessageAttributeNames=["All"],
+    ).get("Messages", [])  # fmt: skip
+    assert len(messages) == 1
+    return Received.from_sqs(messages[0])
+
+
+def all_bodies(sqs: Any, url: str) -> list[dict[str, Any]]:
+    """Drain a queue; return its bodies, parsed, with message attributes under '_attributes'."""
+    bodies = []
+    while True:
+        messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]).get(
+            "Messages", []
+        )
+        if not messages:
+            return bodies
+        for message in messages:
+            body = json.loads(message["Body"])
+            body["_attributes"] = {k: v["StringValue"] for k, v in message.get("MessageAttributes", {}).items()}
+            bodies.append(body)
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def depth(sqs: Any, url: str) -> tuple[int, int]:
+    """Return (visible, in flight) of a queue."""
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]), int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+def handle_one(sqs: Any, queues: QueueUrls, settings: Settings, body: str, receives: int = 1) -> tuple[str, Any]:
+    """Send body, receive it receives times, let a consumer handle the last delivery; return status and outbox."""
+    sqs.send_message(QueueUrl=queues.request, MessageBody=body)
+    for _ in range(receives - 1):
+        message = receive_one(sqs, queues.request)
+        sqs.change_message_visibility(QueueUrl=queues.request, ReceiptHandle=message.receipt_handle, VisibilityTimeout=0)
+    consumer = Consumer(sqs, queues, settings)
+    outcome = consumer.handle(receive_one(sqs, queues.request))
+    assert consumer.outbox.flush() == 0
+    return outcome.status, outcome
+
+
+def test_ok_sends_response_and_deletes(sqs: Any, queues: QueueUrls, maker_url: str) -> None:
+    status, _ = handle_one(sqs, queues, Settings(maker_url=maker_url), request_body(VALID_ID))
+    assert status == OK
+    assert depth(sqs, queues.request) == (0, 0)
+    [response] = all_bodies(sqs, queues.response)
+    assert response["Status"] == OK
+    assert response["WidgetId"] == VALID_ID
+    assert response["ReceiveCount"] == 1
+    assert response["Widget"]["widget_id"] == VALID_ID
+
+
+def test_repeated_request_is_ok_and_made_once(sqs: Any, queues: QueueUrls, maker_url: str, app: Any) -> None:
+    settings = Settings(maker_url=maker_url)
+    assert handle_one(sqs, queues, settings, request_body(VALID_ID))[0] == OK
+    assert handle_one(sqs, queues, settings, request_body(VALID_ID))[0] == OK
+    first, second = all_bodies(sqs, queues.response)
+    assert first["Widget"] == second["Widget"]
+    assert app.extensions["widget_store"].count() == 1
+
+
+def test_maker_rejection_is_rejected_without_retry(sqs: Any, queues: QueueUrls, maker_url: str) -> None:
+    status, outcome = handle_one(sqs, queues, Settings(maker_url=maker_url), request_body("this_is_not_a_valid_widget_id"))
+    assert status == REJECTED
+    assert "maker answered 422" in outcome.reason
+    assert depth(sqs, queues.request) == (0, 0)
+    [response] = all_bodies(sqs, queues.response)
+    assert response["Status"] == REJECTED
+    assert "422" in response["Reason"]
+    assert all_bodies(sqs, queues.dead_letter) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["not json", "[]", "{}", '{"WidgetId": 5}', '{"WidgetId": "' + "x" * 1000 + '"}', "x" * 100_000, "é✓\u2028"],
+)
+def test_invalid_body_is_rejected_without_calling_the_maker(
+    sqs: Any, queues: QueueUrls, scripted_maker: tuple[ScriptedMaker, str], body: str
+) -> None:
+    script, url = scripted_maker
+    status, _ = handle_one(sqs, queues, Settings(maker_url=url), body)
+    assert status == REJECTED
+    assert script.requests == []
+    assert depth(sqs, queues.request) == (0, 0)
+    [response] = all_bodies(sqs, queues.response)
+    assert response["Status"] == REJECTED and response["WidgetId"] is None and response["Reason"]
+
+
+def test_maker_down_retries_after_the_delay(sqs: Any, queues: QueueUrls) -> None:
+    settings = Settings(maker_url=f"http://127.0.0.1:{free_port()}/add", retry_delay=1)
+    status, outcome = handle_one(sqs, queues, settings, request_body(VALID_ID))
+    assert status == RETRY
+    assert outcome.reason == "maker unreachable"
+    assert depth(sqs, queues.request) == (0, 1)
+    assert all_bodies(sqs, queues.response) == []
+    # The visibility was set to the 1 s retry delay, not the 30 s it was received with.
+    again = receive_one(sqs, queues.request, wait=3)
+    assert again.receive_count == 2
+
+
+@pytest.mark.parametrize("code", [500, 502, 503, 408, 429, 401, 403])
+def test_maker_failure_answers_are_retried(
+    sqs: Any, queues: QueueUrls, scripted_maker: tuple[ScriptedMaker, str], code: int
+) -> None:
+    script, url = scripted_maker
+    script.status = code
+    status, outcome = handle_one(sqs, queues, Settings(maker_url=url), request_body(VALID_ID))
+    assert status == RETRY
+    assert f"maker answered {code}" in outcome.reason
+    assert depth(sqs, queues.request) == (0, 1)
+
+
+@pytest.mark.parametrize("code", [400, 404, 409, 413, 415, 422])
+def test_other_client_errors_are_rejected(
+    sqs: Any, queues: QueueUrls, scripted_maker: tuple[ScriptedMaker, str], code: int
+) -> None:
+    script, url = scripted_maker
+    script.status = code
+    assert handle_one(sqs, queues, Settings(maker_url=url), request_body(VALID_ID))[0] == REJECTED
+
+
+def test_maker_timeout_is_retried(sqs: Any, queues: QueueUrls, scripted_maker: tuple[ScriptedMaker, str]) -> None:
+    script, url = scripted_maker
+    script.delay = 1.0
+    status, outcome = handle_one(sqs, queues, Settings(maker_url=url, http_timeout=0.2), request_body(VALID_ID))
+    assert status == RETRY
+    assert "did not answer within 0.2s" in outcome.reason
+
+
+def test_last_receive_fails_to_the_dead_letter_queue(sqs: Any, queues: QueueUrls) -> None:
+    settings = Settings(maker_url=f"http://127.0.0.1:{free_port()}/add", max_receives=3)
+    status, outcome = handle_one(sqs, queues, settings, request_body(VALID_ID), receives=3)
+    assert status == FAILED
+    assert depth(sqs, queues.request) == (0, 0)
+    [response] = all_bodies(sqs, queues.response)
+    assert response["Status"] == FAILED and response["ReceiveCount"] == 3
+    assert "gave up after 3 receives" in response["Reason"]
+    [kept] = all_bodies(sqs, queues.dead_letter)
+    assert kept["WidgetId"] == VALID_ID
+    assert kept["_attributes"]["ReceiveCount"] == "3"
+    assert kept["_attributes"]["OriginalMessageId"] == response["MessageId"]
+    assert "maker unreachable" in kept["_attributes"]["FailureReason"]
+
+
+def test_consumer_sends_idempotency_key_and_token(
+    sqs: Any, queues: QueueUrls, scripted_maker: tuple[ScriptedMaker, str]
+) -> None:
+    script, url = scripted_maker
+    handle_one(sqs, queues, Settings(maker_url=url, token="s3cret"), request_body(VALID_ID))
+    [request] = script.requests
+    assert json.loads(request["body"]) == {"widget_id": VALID_ID}
+    assert request["headers"]["Authorization"] == "Bearer s3cret"
+    assert request["headers"]["Idempotency-Key"]
+
+
+@pytest.mark.parametrize(
+    ("backoff", "counts", "delays"),
+    [
+        ("fixed", [1, 2, 5], [30, 30, 30]),
+        ("exponential", [1, 2, 3, 4], [30, 60, 120, 240]),
+        ("exponential", [30, 500], [43200, 43200]),
+    ],
+)
+def test_retry_delay(backoff: str, counts: list[int], delays: list[int]) -> None:
+    settings = Settings(retry_delay=30, backoff=backoff)
+    assert [retry_delay(settings, c) for c in counts] == delays
+
+
+def test_outbox_keeps_what_sqs_refused(sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch) -> None:
+    for n in range(3):
+        sqs.send_message(QueueUrl=queues.request, MessageBody=str(n))
+    received = [
+        Received.from_sqs(m)
+        for m in sqs.receive_message(QueueUrl=queues.request, MaxNumberOfMessages=10, VisibilityTimeout=30)["Messages"]
+    ]
+    outbox = Outbox(sqs, queues, flush_interval=0)
+    for message in received:
+        outbox.respond_and_delete(message, json.dumps({"MessageId": message.message_id}))
+
+    real_delete = sqs.delete_message_batch
+
+    def delete_all_but_first(**kwargs: Any) -> Any:
+        entries = kwargs["Entries"]
+        answer = real_delete(QueueUrl=kwargs["QueueUrl"], Entries=entries[1:])
+        answer["Failed"] = [{"Id": entries[0]["Id"], "SenderFault": False, "Code": "InternalError"}]
+        return answer
+
+    monkeypatch.setattr(sqs, "delete_message_batch", delete_all_but_first)
+    assert outbox.flush() == 0
+    assert outbox.pending() == 1  # the refused delete waits for the next flush
+    assert depth(sqs, queues.request) == (0, 1)
+    monkeypatch.setattr(sqs, "delete_message_batch", real_delete)
+    assert outbox.flush() == 0
+    assert outbox.pending() == 0
+    assert depth(sqs, queues.request) == (0, 0)
+    assert len(all_bodies(sqs, queues.response)) == 3
+
+
+def test_outbox_deletes_nothing_whose_response_was_not_sent(
+    sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sqs.send_message(QueueUrl=queues.request, MessageBody="x")
+    message = receive_one(sqs, queues.request)
+    outbox = Outbox(sqs, queues, flush_interval=0)
+    outbox.respond_and_delete(message, "{}")
+
+    def unreachable(**kwargs: Any) -> Any:
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+
+    monkeypatch.setattr(sqs, "send_message_batch", unreachable)
+    assert outbox.flush() > 0
+    assert outbox.flush() > 0
+    assert depth(sqs, queues.request) == (0, 1)
+    monkeypatch.undo()
+    assert outbox.flush() == 0
+    assert depth(sqs, queues.request) == (0, 0)
+
+
+def test_partial_response_batch_failure_keeps_the_request(
+    sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(2):
+        sqs.send_message(QueueUrl=queues.request, MessageBody=str(n))
+    received = [
+        Received.from_sqs(m)
+        for m in sqs.receive_message(QueueUrl=queues.request, MaxNumberOfMessages=10, VisibilityTimeout=30)["Messages"]
+    ]
+    outbox = Outbox(sqs, queues, flush_interval=0)
+    for message in received:
+        outbox.respond_and_delete(message, "{}")
+    real_send = sqs.send_message_batch
+
+    def send_only_second(**kwargs: Any) -> Any:
+        entries = kwargs["Entries"]
+        answer = real_send(QueueUrl=kwargs["QueueUrl"], Entries=entries[1:])
+        answer["Failed"] = [{"Id": entries[0]["Id"], "SenderFault": False, "Code": "InternalError"}]
+        return answer
+
+    monkeypatch.setattr(sqs, "send_message_batch", send_only_second)
+    outbox.flush()
+    assert depth(sqs, queues.request) == (0, 1)  # the one without a response is not deleted
+    monkeypatch.undo()
+    outbox.flush()
+    outbox.flush()
+    assert depth(sqs, queues.request) == (0, 0)
+    assert len(all_bodies(sqs, queues.response)) == 2
+
+
+def run_until(condition: Any, timeout: float = 10) -> None:
+    """Wait until condition() is true."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_consumer_drains_the_queue_concurrently(sqs: Any, queues: QueueUrls, maker_url: str, app: Any) -> None:
+    for batch in range(3):
+        sqs.send_message_batch(
+            QueueUrl=queues.request,
+            Entries=[{"Id": str(n), "MessageBody": request_body(str(uuid.uuid1()))} for n in range(10)],
+        )
+    sqs.send_message(QueueUrl=queues.request, MessageBody="garbage")
+    consumer = Consumer(sqs, queues, Settings(maker_url=maker_url, wait_time=0, workers=4))
+    consumer.start()
+    try:
+        run_until(lambda: consumer.counts[OK] + consumer.counts[REJECTED] == 31)
+    finally:
+        consumer.stop()
+        assert consumer.join(grace=1) == 0
+    assert depth(sqs, queues.request) == (0, 0)
+    responses = all_bodies(sqs, queues.response)
+    assert sorted(r["Status"] for r in responses).count(OK) == 30
+    assert app.extensions["widget_store"].count() == 30
+
+
+def test_stop_finishes_held_messages_and_hands_back_the_rest(
+    sqs: Any, queues: QueueUrls, scripted_maker: tuple[ScriptedMaker, str]
+) -> None:
+    script, url = scripted_maker
+    script.delay = 0.5
+    sqs.send_message_batch(
+        QueueUrl=queues.request,
+        Entries=[{"Id": str(n), "MessageBody": request_body(VALID_ID)} for n in range(6)],
+    )
+    consumer = Consumer(sqs, queues, Settings(maker_url=url, wait_time=0, workers=1, batch_size=6))
+    consumer.start()
+    run_until(lambda: len(script.requests) == 1)
+    consumer.stop()
+    assert consumer.join(grace=1) == 0
+    # The one in the maker's hands was finished; the ones held but not started are visible at once.
+    assert consumer.counts[OK] == 1
+    assert len(script.requests) == 1
+    assert depth(sqs, queues.request) == (5, 0)
+    assert len(all_bodies(sqs, queues.response)) == 1
+
+
+def test_consumer_rides_out_an_sqs_outage(
+    sqs: Any, queues: QueueUrls, maker_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    consumer = Consumer(sqs, queues, Settings(maker_url=maker_url, wait_time=0, workers=2))
+    real_receive = sqs.receive_message
+    calls = {"failed": 0}
+
+    def down(**kwargs: Any) -> Any:
+        calls["failed"] += 1
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+
+    monkeypatch.setattr(sqs, "receive_message", down)
+    consumer.start()
+    try:
+        run_until(lambda: calls["failed"] >= 2)
+        monkeypatch.setattr(sqs, "receive_message", real_receive)
+        sqs.send_message(QueueUrl=queues.request, MessageBody=request_body(VALID_ID))
+        run_until(lambda: consumer.counts[OK] == 1, timeout=15)
+    finally:
+        consumer.stop()
+        consumer.join(grace=1)
+    outage_lines = [r for r in caplog.records if "sqs_outage" in r.getMessage()]
+    assert len(outage_lines) == 1  # once per outage, not once per failed call
+    assert any("sqs_recovered" in r.getMessage() for r in caplog.records)
+
+
+def test_http_session_pool_is_sized_to_the_workers() -> None:
+    adapter = make_http_session(7).get_adapter("http://127.0.0.1/")
+    assert adapter._pool_maxsize == 7  # type: ignore[attr-defined]

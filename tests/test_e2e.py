@@ -1,0 +1,215 @@
+"""End to end: the real scripts as processes, on a moto server, with a real maker."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from devtools.stack import Process, run_script, start_consumer, start_maker, start_sqs
+from tests.conftest import ScriptedMaker
+from widgets.sqs import DEAD_LETTER_QUEUE, REQUEST_QUEUE, RESPONSE_QUEUE, QueueUrls, ensure_queues
+
+pytestmark = pytest.mark.e2e
+
+# One- and two-second timings keep every retry short.
+FAST = ["--wait-time", "1", "--visibility-timeout", "3", "--http-timeout", "1", "--retry-delay", "1"]
+
+
+class Stack:
+    """A local SQS and a maker, with the consumers a test starts; everything stopped at the end."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        """Start the local SQS and the maker."""
+        self.processes: list[Process] = []
+        self.sqs_process, self.endpoint = start_sqs()
+        self.processes.append(self.sqs_process)
+        self.db = tmp_path / "widgets.db"
+        self.maker, self.maker_base = start_maker(self.db)
+        self.processes.append(self.maker)
+        self.client = boto3.client(
+            "sqs", endpoint_url=self.endpoint, region_name="us-east-1",
+            aws_access_key_id="local", aws_secret_access_key="local",
+        )  # fmt: skip
+        self.urls = self.queues()
+
+    def queues(self, max_receives: int = 3) -> QueueUrls:
+        """Create the queues as the consumer would (again after a restart of the local SQS)."""
+        return ensure_queues(self.client, REQUEST_QUEUE, RESPONSE_QUEUE, DEAD_LETTER_QUEUE, max_receives)
+
+    def consumer(self, *args: str, maker_url: str | None = None, name: str = "consumer") -> Process:
+        """Start a consumer with the fast timings plus args."""
+        process = start_consumer(self.endpoint, maker_url or f"{self.maker_base}/add", [*FAST, *args], name=name)
+        self.processes.append(process)
+        return process
+
+    def produce(self, *args: str) -> Any:
+        """Run the producer to completion."""
+        return run_script("widget_producer.py", ["--endpoint-url", self.endpoint, *args])
+
+    def restart_maker(self) -> None:
+        """Start the maker again on its old port and database."""
+        self.maker, _ = start_maker(self.db, port=int(self.maker_base.rsplit(":", 1)[1]))
+        self.processes.append(self.maker)
+
+    def depth(self, url: str) -> tuple[int, int]:
+        """Return (visible, in flight) of a queue."""
+        attributes = self.client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        return int(attributes["ApproximateNumberOfMessages"]), int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+    def responses(self, expected: int = 0, timeout: float = 10) -> list[dict[str, Any]]:
+        """Drain the response queue, waiting up to timeout for expected responses; return them."""
+        found: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while len(found) < expected and time.monotonic() < deadline:
+            found.extend(self._drain_responses())
+        return found + self._drain_responses()
+
+    def _drain_responses(self) -> list[dict[str, Any]]:
+        """Receive and delete every response there is now."""
+        found = []
+        while messages := self.client.receive_message(QueueUrl=self.urls.response, MaxNumberOfMessages=10).get(
+            "Messages"
+        ):
+            for message in messages:
+                found.append(json.loads(message["Body"]))
+                self.client.delete_message(QueueUrl=self.urls.response, ReceiptHandle=message["ReceiptHandle"])
+        return found
+
+    def stop(self) -> None:
+        """Stop every process this stack started."""
+        for process in reversed(self.processes):
+            process.stop(timeout=5)
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """A running local SQS and maker for one test."""
+    running = Stack(tmp_path)
+    yield running
+    running.stop()
+
+
+def wait_until(condition: Any, timeout: float = 20) -> None:
+    """Wait until condition() is true."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_ok_and_rejected(stack: Stack) -> None:
+    stack.consumer()
+    ok = stack.produce("--count", "3", "--wait", "--timeout", "20")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.count("\nOK ") + ok.stdout.startswith("OK ") == 3
+    seed = stack.produce("--widget-id=31f37378-54f4-11e5-ad75-3c970e65f731", "--wait", "--timeout", "20")
+    assert seed.returncode == 0
+    assert "OK 31f37378-54f4-11e5-ad75-3c970e65f731 receive_count=1" in seed.stdout
+    bad = stack.produce("--widget-id=this_is_not_a_valid_widget_id", "--wait", "--timeout", "20")
+    assert bad.returncode == 1
+    assert "REJECTED this_is_not_a_valid_widget_id receive_count=1" in bad.stdout
+    assert "1 of 1 requests did not end OK" in bad.stderr
+
+
+def test_retry_while_the_maker_is_down(stack: Stack) -> None:
+    consumer = stack.consumer("--max-receives", "10")
+    stack.maker.stop()
+    sent = stack.produce()
+    widget_id = sent.stdout.split()[1]
+    consumer.wait_for(rf"RETRY .*widget_id={widget_id} receive_count=1 ")
+    consumer.wait_for(rf"RETRY .*widget_id={widget_id} receive_count=2 ")
+    stack.restart_maker()
+    match = consumer.wait_for(rf"OK .*widget_id={widget_id} receive_count=(\d+) ")
+    assert int(match.group(1)) >= 3
+    [response] = stack.responses(expected=1)
+    assert response["Status"] == "OK" and response["ReceiveCount"] == int(match.group(1))
+
+
+def test_failed_goes_to_the_dead_letter_queue(stack: Stack) -> None:
+    consumer = stack.consumer("--max-receives", "2")
+    stack.maker.stop()
+    result = stack.produce("--wait", "--timeout", "20")
+    assert result.returncode == 1
+    assert "FAILED" in result.stdout and "receive_count=2" in result.stdout
+    consumer.wait_for("FAILED ")
+    assert stack.depth(stack.urls.request) == (0, 0)
+    assert stack.depth(stack.urls.dead_letter) == (1, 0)
+
+
+def test_sigterm_finishes_or_hands_back_everything(stack: Stack) -> None:
+    urls = stack.urls
+    consumer = stack.consumer("--workers", "2")
+    sent = stack.produce("--count", "60")
+    assert sent.returncode == 0
+    consumer.wait_for(r"OK ")
+    started = time.monotonic()
+    consumer.signal(signal.SIGTERM)
+    assert consumer.popen.wait(10) == 0
+    assert time.monotonic() - started < 1 + 5  # the HTTP timeout plus a few seconds
+    # Nothing is left in flight: each message was answered or handed back at once.
+    visible, in_flight = stack.depth(urls.request)
+    assert in_flight == 0
+    assert visible + len(stack.responses(expected=60 - visible)) == 60
+    assert "summary OK=" in consumer.output()
+
+
+def test_second_signal_exits_at_once(stack: Stack, scripted_maker: tuple[ScriptedMaker, str]) -> None:
+    script, slow_url = scripted_maker
+    script.delay = 30
+    consumer = stack.consumer("--http-timeout", "20", "--visibility-timeout", "30", maker_url=slow_url)
+    stack.produce()
+    wait_until(lambda: len(script.requests) == 1)
+    consumer.signal(signal.SIGTERM)
+    consumer.wait_for("stopping")
+    consumer.signal(signal.SIGTERM)
+    assert consumer.popen.wait(5) == 128 + signal.SIGTERM
+
+
+def test_sigkill_loses_nothing(stack: Stack, scripted_maker: tuple[ScriptedMaker, str]) -> None:
+    script, slow_url = scripted_maker
+    script.delay = 30
+    urls = stack.urls
+    doomed = stack.consumer("--http-timeout", "2", "--visibility-timeout", "3", maker_url=slow_url, name="doomed")
+    sent = stack.produce("--count", "5")
+    widget_ids = {line.split()[1] for line in sent.stdout.splitlines()}
+    wait_until(lambda: len(script.requests) == 5)
+    doomed.kill()
+    assert stack.depth(urls.request) == (0, 5)  # held by the dead consumer
+    stack.consumer(name="survivor")
+    responses = stack.responses(expected=5, timeout=20)
+    assert stack.depth(urls.request) == (0, 0)
+    assert {r["WidgetId"] for r in responses} == widget_ids
+    assert {r["Status"] for r in responses} == {"OK"}
+    assert all(r["ReceiveCount"] == 2 for r in responses)
+
+
+def test_consumer_rides_out_a_local_sqs_restart(stack: Stack) -> None:
+    consumer = stack.consumer()
+    port = int(stack.endpoint.rsplit(":", 1)[1])
+    stack.sqs_process.stop()
+    consumer.wait_for("sqs_outage receiving requests: cannot reach SQS")
+    time.sleep(2)  # several failed receives, each would log if logging were per attempt
+    stack.sqs_process, _ = start_sqs(port)
+    stack.processes.append(stack.sqs_process)
+    stack.queues()  # the restarted local SQS starts empty
+    sent = stack.produce("--wait", "--timeout", "20")
+    assert sent.returncode == 0, sent.stderr
+    consumer.wait_for("sqs_recovered receiving requests")
+    assert consumer.output().count("sqs_outage receiving") == 1
+    assert consumer.running()
+
+
+def test_producer_to_an_unreachable_endpoint_claims_nothing(stack: Stack) -> None:
+    stack.sqs_process.stop()
+    result = stack.produce("--count", "5")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "cannot reach SQS at" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,464 @@
+"""Day-to-day care of the widget queues: how full they are, redriving failed requests, reading responses.
+
+Neither redrive nor responses loses a message when interrupted: a message is deleted only after
+its copy was sent (redrive) or it was printed (responses --delete), and what a run read but did
+not deal with becomes visible again after HOLD_SECONDS.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import click
+from botocore.exceptions import BotoCoreError, ClientError
+
+from widgets.cli import CONTEXT_SETTINGS, sqs_options
+from widgets.sqs import (
+    DEAD_LETTER_QUEUE,
+    MAX_BATCH,
+    MISSING_QUEUE_CODES,
+    SQSClient,
+    batches,
+    describe_error,
+    make_client,
+    queue_url,
+    user_errors,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs.literals import QueueAttributeNameType
+    from mypy_boto3_sqs.type_defs import (
+        BatchResultErrorEntryTypeDef,
+        MessageAttributeValueTypeDef,
+        MessageTypeDef,
+        SendMessageBatchRequestEntryTypeDef,
+    )
+
+# Seconds a message read by redrive or responses stays hidden from others while this run deals with it.
+HOLD_SECONDS = 30
+COUNT_ATTRIBUTES: list[QueueAttributeNameType] = [
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed",
+]
+
+dead_letter_option = click.option(
+    "--dead-letter-queue",
+    default=DEAD_LETTER_QUEUE,
+    show_default=True,
+    help="Queue that keeps requests which failed too often.",
+)
+wait_time_option = click.option(
+    "--wait-time",
+    type=click.IntRange(0, 20),
+    default=1,
+    show_default=True,
+    help="Long-poll seconds per receive; a receive that brings nothing new ends the run.",
+)
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """How many messages a queue holds in each state; no url and no counts when it does not exist."""
+
+    queue: str
+    url: str | None
+    visible: int | None = None
+    in_flight: int | None = None
+    delayed: int | None = None
+    # The SQS API does not report it (only CloudWatch's ApproximateAgeOfOldestMessage does)
+    # and peeking would raise receive counts; the field is there so scripts can rely on it.
+    oldest_age_seconds: int | None = None
+
+
+@dataclass
+class RedriveResult:
+    """What a redrive achieved: how many messages it moved, and which it could not move and why."""
+
+    received: int = 0
+    moved: int = 0
+    not_sent: list[tuple[MessageTypeDef, str]] = field(default_factory=list)  # (message, reason)
+    not_deleted: list[tuple[str, str]] = field(default_factory=list)  # (message id, reason)
+
+    def add(self, other: RedriveResult) -> None:
+        """Add another result's counts and failures to this one."""
+        self.received += other.received
+        self.moved += other.moved
+        self.not_sent.extend(other.not_sent)
+        self.not_deleted.extend(other.not_deleted)
+
+
+@dataclass
+class ReadResult:
+    """What a read of the response queue achieved: how many responses it passed on, which it kept."""
+
+    read: int = 0
+    not_deleted: list[tuple[str, str]] = field(default_factory=list)  # (message id, reason)
+
+
+def failure_reason(entry: BatchResultErrorEntryTypeDef) -> str:
+    """Return one line saying why a batch entry failed."""
+    return f"{entry.get('Code')}: {entry.get('Message', '')}"
+
+
+def queue_status(sqs: SQSClient, name: str) -> QueueStatus:
+    """Return a queue's message counts by state, or a status without counts if the queue is missing."""
+    with user_errors(sqs, name):
+        try:
+            url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+            counts = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=COUNT_ATTRIBUTES)["Attributes"]
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in MISSING_QUEUE_CODES:
+                return QueueStatus(name, None)
+            raise
+    visible, in_flight, delayed = (int(counts.get(attribute, "0")) for attribute in COUNT_ATTRIBUTES)
+    return QueueStatus(name, url, visible, in_flight, delayed)
+
+
+def status_table(statuses: dict[str, QueueStatus]) -> list[str]:
+    """Return the lines of a table for people: one row per queue, "missing" for a queue not there."""
+    rows: list[tuple[str, ...]] = [("role", "queue", "visible", "in flight", "delayed", "oldest")]
+    for role, queue in statuses.items():
+        if queue.url is None:
+            rows.append((role.replace("_", " "), queue.queue, "missing", "", "", ""))
+        else:
+            counts = (queue.visible, queue.in_flight, queue.delayed)
+            oldest = "n/a" if queue.oldest_age_seconds is None else f"{queue.oldest_age_seconds}s"
+            rows.append((role.replace("_", " "), queue.queue, *(str(c) for c in counts), oldest))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.rjust(width) if 2 <= column <= 4 else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def sendable_attributes(message: MessageTypeDef) -> dict[str, MessageAttributeValueTypeDef]:
+    """Return a received message's attributes in the form SendMessage takes them."""
+    attributes: dict[str, MessageAttributeValueTypeDef] = {}
+    for name, received in message.get("MessageAttributes", {}).items():
+        attribute: MessageAttributeValueTypeDef = {"DataType": received["DataType"]}
+        if "StringValue" in received:
+            attribute["StringValue"] = received["StringValue"]
+        if "BinaryValue" in received:
+            attribute["BinaryValue"] = received["BinaryValue"]
+        attributes[name] = attribute
+    return attributes
+
+
+def move_batch(
+    sqs: SQSClient, source_url: str, target_url: str, messages: list[MessageTypeDef]
+) -> RedriveResult:
+    """Send copies of up to ten messages to the target, then delete from the source those that were sent."""
+    result = RedriveResult(received=len(messages))
+    entries: list[SendMessageBatchRequestEntryTypeDef] = []
+    for index, message in enumerate(messages):
+        entry: SendMessageBatchRequestEntryTypeDef = {"Id": str(index), "MessageBody": message["Body"]}
+        attributes = sendable_attributes(message)
+        if attributes:
+            entry["MessageAttributes"] = attributes
+        entries.append(entry)
+    answer = sqs.send_message_batch(QueueUrl=target_url, Entries=entries)
+    for failure in answer.get("Failed", []):
+        result.not_sent.append((messages[int(failure["Id"])], failure_reason(failure)))
+    sent = [messages[int(entry["Id"])] for entry in answer.get("Successful", [])]
+    if not sent:
+        return result
+    deleted = sqs.delete_message_batch(
+        QueueUrl=source_url,
+        Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(sent)],
+    )
+    for failure in deleted.get("Failed", []):
+        result.not_deleted.append((sent[int(failure["Id"])]["MessageId"], failure_reason(failure)))
+    result.moved = len(sent)
+    return result
+
+
+def release(sqs: SQSClient, url: str, receipt_handles: Iterable[str]) -> None:
+    """Make messages this run holds visible again at once."""
+    for chunk in batches(list(receipt_handles)):
+        # Entries that fail have an expired handle: those messages are visible again anyway.
+        sqs.change_message_visibility_batch(
+            QueueUrl=url,
+            Entries=[{"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0} for i, h in enumerate(chunk)],
+        )
+
+
+def move_messages(
+    sqs: SQSClient,
+    source_url: str,
+    target_url: str,
+    limit: int | None = None,
+    wait_time: int = 1,
+    on_batch: Callable[[RedriveResult], None] | None = None,
+) -> RedriveResult:
+    """Move messages, bodies and attributes unchanged, until the source has none visible or limit were tried.
+
+    Messages that could not be sent stay hidden while the run lasts, so that it ends, and are
+    then made visible again in the source for the next run.
+    """
+    total = RedriveResult()
+    while limit is None or total.received < limit:
+        wanted = MAX_BATCH if limit is None else min(MAX_BATCH, limit - total.received)
+        messages = sqs.receive_message(
+            QueueUrl=source_url,
+            MaxNumberOfMessages=wanted,
+            WaitTimeSeconds=wait_time,
+            VisibilityTimeout=HOLD_SECONDS,
+            MessageAttributeNames=["All"],
+        ).get("Messages", [])
+        if not messages:
+            break
+        batch = move_batch(sqs, source_url, target_url, messages)
+        total.add(batch)
+        if on_batch is not None:
+            on_batch(batch)
+    release(sqs, source_url, [message["ReceiptHandle"] for message, _ in total.not_sent])
+    return total
+
+
+def parse_response(body: str) -> dict[str, Any]:
+    """Return a response body as a dict; a body that is not a JSON object comes back as {"Body": body}."""
+    try:
+        response = json.loads(body)
+    except ValueError:
+        response = None
+    return response if isinstance(response, dict) else {"Body": body}
+
+
+def describe_response(response: dict[str, Any]) -> str:
+    """Return one line describing a response: status, widget id, receive count and reason."""
+    line = f"{response.get('Status')} {response.get('WidgetId')} receive_count={response.get('ReceiveCount')}"
+    if response.get("Reason"):
+        line += f" reason={response['Reason']!r}"
+    if "Body" in response:
+        line += f" body={str(response['Body'])[:200]!r}"
+    return line
+
+
+def read_responses(
+    sqs: SQSClient,
+    url: str,
+    on_response: Callable[[dict[str, Any]], None],
+    delete: bool = False,
+    limit: int | None = None,
+    wait_time: int = 1,
+) -> ReadResult:
+    """Pass each response waiting on the queue to on_response once, then delete it or make it visible again.
+
+    What was read stays hidden until the run ends, so each receive brings new responses; the
+    run ends at the first receive that brings none, or at limit.
+    """
+    result = ReadResult()
+    seen: set[str] = set()
+    held: dict[str, str] = {}  # message id -> latest receipt handle, of the responses read and kept
+    try:
+        while limit is None or result.read < limit:
+            wanted = MAX_BATCH if limit is None else min(MAX_BATCH, limit - result.read)
+            messages = sqs.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=wanted,
+                WaitTimeSeconds=wait_time,
+                VisibilityTimeout=HOLD_SECONDS,
+            ).get("Messages", [])
+            new = 0
+            for message in messages:
+                if message["MessageId"] not in seen:  # SQS may deliver a message more than once
+                    seen.add(message["MessageId"])
+                    on_response(parse_response(message["Body"]))
+                    new += 1
+            result.read += new
+            if delete and messages:
+                # Seen ones too: a second delivery of a response printed is what was printed.
+                answer = sqs.delete_message_batch(
+                    QueueUrl=url,
+                    Entries=[
+                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
+                    ],
+                )
+                for failure in answer.get("Failed", []):
+                    message_id = messages[int(failure["Id"])]["MessageId"]
+                    result.not_deleted.append((message_id, failure_reason(failure)))
+            elif not delete:
+                held.update((message["MessageId"], message["ReceiptHandle"]) for message in messages)
+            if not new:
+                break
+    finally:
+        release(sqs, url, held.values())
+    return result
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+def main() -> None:
+    """Look after the widget queues: how full they are, failed requests, waiting responses.
+
+    Each command acts on the local SQS unless --region or --endpoint-url says otherwise.
+
+    \b
+    Examples:
+        venv/bin/python widget_queues.py status
+        venv/bin/python widget_queues.py redrive --max 100
+        venv/bin/python widget_queues.py responses --delete
+    """
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@sqs_options
+@dead_letter_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def status(
+    region: str | None,
+    endpoint_url: str | None,
+    sqs_request_queue: str,
+    sqs_response_queue: str,
+    dead_letter_queue: str,
+    as_json: bool,
+) -> None:
+    """Show each queue's messages: visible, in flight and delayed.
+
+    In flight means received and not yet deleted; delayed, sent with a delay not yet over. A
+    queue that does not exist shows as missing. The age of the oldest message is n/a: SQS
+    reports it only to CloudWatch (ApproximateAgeOfOldestMessage).
+
+    \b
+    Examples:
+        venv/bin/python widget_queues.py status
+        venv/bin/python widget_queues.py status --json --region=ap-southeast-2
+    """
+    sqs = make_client(region, endpoint_url)
+    names = {"request": sqs_request_queue, "response": sqs_response_queue, "dead_letter": dead_letter_queue}
+    statuses = {role: queue_status(sqs, name) for role, name in names.items()}
+    if as_json:
+        click.echo(json.dumps({role: asdict(queue) for role, queue in statuses.items()}))
+        return
+    click.echo(f"queues at {sqs.meta.endpoint_url}")
+    for line in status_table(statuses):
+        click.echo(line)
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@sqs_options
+@dead_letter_option
+@click.option("--max", "limit", type=click.IntRange(1), help="Move at most this many messages.")
+@wait_time_option
+def redrive(
+    region: str | None,
+    endpoint_url: str | None,
+    sqs_request_queue: str,
+    sqs_response_queue: str,
+    dead_letter_queue: str,
+    limit: int | None,
+    wait_time: int,
+) -> None:
+    """Send the dead-letter queue's requests back to be tried again.
+
+    Moves every message of the dead-letter queue to the request queue, printing progress.
+    Bodies and message attributes are kept; each copy is a new message, so its receive count
+    starts again. A message leaves the dead-letter queue only after its copy was sent, so an
+    interrupted redrive loses nothing and can be run again (the messages it held come back
+    within 30 seconds); at worst a few requests are then sent twice.
+
+    \b
+    Examples:
+        venv/bin/python widget_queues.py redrive
+        venv/bin/python widget_queues.py redrive --max 100 --dead-letter-queue=MyDLQ
+    """
+    if dead_letter_queue == sqs_request_queue:
+        raise click.UsageError("--dead-letter-queue and --sqs-request-queue must be different queues")
+    sqs = make_client(region, endpoint_url)
+    source_url = queue_url(sqs, dead_letter_queue)
+    target_url = queue_url(sqs, sqs_request_queue)
+    moved = 0
+
+    def report(batch: RedriveResult) -> None:
+        """Print how a batch went and how many moved so far."""
+        nonlocal moved
+        moved += batch.moved
+        click.echo(f"moved {batch.moved} of {batch.received} ({moved} so far)", err=True)
+
+    try:
+        result = move_messages(sqs, source_url, target_url, limit, wait_time, on_batch=report)
+    except (BotoCoreError, ClientError) as error:
+        raise click.ClickException(
+            f"{describe_error(error, sqs)}; moved {moved} messages before that, "
+            f"the rest stay in {dead_letter_queue}"
+        ) from error
+    click.echo(f"moved {result.moved} messages from {dead_letter_queue} to {sqs_request_queue}")
+    if result.not_sent:
+        message, reason = result.not_sent[0]
+        raise click.ClickException(
+            f"{len(result.not_sent)} messages could not be sent and stay in {dead_letter_queue} "
+            f"(first: {message['MessageId']}: {reason}); run redrive again"
+        )
+    if result.not_deleted:
+        message_id, reason = result.not_deleted[0]
+        raise click.ClickException(
+            f"{len(result.not_deleted)} messages were copied but not deleted from {dead_letter_queue} "
+            f"(first: {message_id}: {reason}); another redrive would copy them again"
+        )
+    # Checked only when nothing moved: SQS's counts lag, and would show what this run just deleted.
+    left = queue_status(sqs, dead_letter_queue) if not result.moved else None
+    if left is not None and left.in_flight:
+        click.echo(
+            f"{left.in_flight} messages of {dead_letter_queue} are in flight (held by another reader "
+            "or an interrupted redrive); run redrive again once they are visible",
+            err=True,
+        )
+
+
+@main.command(context_settings=CONTEXT_SETTINGS)
+@sqs_options
+@click.option("--delete", is_flag=True, help="Delete the responses printed (only those).")
+@click.option("--json", "as_json", is_flag=True, help="Print each response as a JSON line.")
+@click.option("--max", "limit", type=click.IntRange(1), help="Print at most this many responses.")
+@wait_time_option
+def responses(
+    region: str | None,
+    endpoint_url: str | None,
+    sqs_request_queue: str,
+    sqs_response_queue: str,
+    delete: bool,
+    as_json: bool,
+    limit: int | None,
+    wait_time: int,
+) -> None:
+    """Print the responses waiting on the response queue.
+
+    One line each: status, widget id, receive count and reason. Without --delete they stay
+    on the queue, visible again as soon as this ends.
+
+    \b
+    Examples:
+        venv/bin/python widget_queues.py responses
+        venv/bin/python widget_queues.py responses --json --max 50
+        venv/bin/python widget_queues.py responses --delete
+    """
+    sqs = make_client(region, endpoint_url)
+    url = queue_url(sqs, sqs_response_queue)
+
+    def show(response: dict[str, Any]) -> None:
+        """Print one response."""
+        click.echo(json.dumps(response) if as_json else describe_response(response))
+
+    with user_errors(sqs, sqs_response_queue):
+        result = read_responses(sqs, url, show, delete, limit, wait_time)
+    if not result.read:
+        click.echo(f"no responses waiting on {sqs_response_queue}", err=True)
+    else:
+        done = "deleted them" if delete else f"left them on {sqs_response_queue}"
+        click.echo(f"read {result.read} responses; {done}", err=True)
+    if result.not_deleted:
+        message_id, reason = result.not_deleted[0]
+        raise click.ClickException(
+            f"{len(result.not_deleted)} responses were printed but not deleted "
+            f"(first: {message_id}: {reason})"
+        )
+
+
+if __name__ == "__main__":
+    main()
