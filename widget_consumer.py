@@ -58,8 +58,10 @@ MAX_VISIBILITY = 43200
 # 401 and 403 are here too: a wrong token is the consumer's fault, not the request's, and
 # rejecting every request until someone fixes it would discard them all.
 RETRY_STATUS_CODES = {401, 403, 408, 429}
-# SQS allows at most ten message attributes; the dead-letter copy adds three of its own.
-MAX_COPIED_ATTRIBUTES = 7
+# SQS allows at most ten message attributes; the dead-letter copy adds three of its own
+# (replacing those of an earlier failure, for a request that was redriven and failed again).
+DEAD_LETTER_ATTRIBUTES = ("FailureReason", "ReceiveCount", "OriginalMessageId")
+MAX_COPIED_ATTRIBUTES = 10 - len(DEAD_LETTER_ATTRIBUTES)
 # Pause after an empty short poll (--wait-time 0), so an idle consumer does not spin.
 IDLE_PAUSE = 0.2
 # How often the consumer logs a summary while it is busy.
@@ -199,7 +201,8 @@ def decide(message: Received, http: requests.Session, settings: Settings) -> Out
 
 def dead_letter_attributes(message: Received, reason: str) -> dict[str, Any]:
     """Return the message attributes of a request's dead-letter copy: its own plus why it failed."""
-    attributes = dict(list(message.attributes.items())[:MAX_COPIED_ATTRIBUTES])
+    own = {k: v for k, v in message.attributes.items() if k not in DEAD_LETTER_ATTRIBUTES}
+    attributes = dict(list(own.items())[:MAX_COPIED_ATTRIBUTES])
     attributes["FailureReason"] = {"DataType": "String", "StringValue": reason[:1000]}
     attributes["ReceiveCount"] = {"DataType": "Number", "StringValue": str(message.receive_count)}
     attributes["OriginalMessageId"] = {"DataType": "String", "StringValue": message.message_id}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -14,8 +13,8 @@ import click
 from botocore.exceptions import BotoCoreError, ClientError
 
 from widgets.cli import CONTEXT_SETTINGS, sqs_options
-from widgets.messages import OK, new_widget_id, request_body
-from widgets.sqs import MAX_BATCH, SQSClient, batches, describe_error, make_client, queue_url
+from widgets.messages import OK, describe_response, new_widget_id, parse_response, request_body
+from widgets.sqs import MAX_BATCH, SQSClient, batches, describe_error, make_client, queue_url, release
 
 # Batches in flight at once for a large --count; more buys little against one SQS endpoint.
 SEND_THREADS = 8
@@ -90,53 +89,41 @@ def send_requests(
 def wait_for_responses(
     sqs: SQSClient, url: str, message_ids: Iterable[str], timeout: float
 ) -> dict[str, dict[str, Any]]:
-    """Collect the responses to message_ids from the response queue, deleting only those."""
+    """Collect the responses to message_ids from the response queue, deleting only those.
+
+    Responses to other requests stay hidden until the wait ends, then are handed back: handing
+    them back at once would have SQS return the same ones again, ahead of ours.
+    """
     waiting = set(message_ids)
     found: dict[str, dict[str, Any]] = {}
+    others: dict[str, str] = {}  # message id -> receipt handle of responses that are not ours
     deadline = time.monotonic() + timeout
-    while waiting and time.monotonic() < deadline:
-        wait = int(min(5, max(0, deadline - time.monotonic())))
-        messages = sqs.receive_message(
-            QueueUrl=url, MaxNumberOfMessages=MAX_BATCH, WaitTimeSeconds=wait, VisibilityTimeout=30
-        ).get("Messages", [])
-        mine, others = [], []
-        for message in messages:
-            try:
-                response = json.loads(message["Body"])
-                request_id = response["MessageId"]
-            except (ValueError, KeyError, TypeError):
-                request_id = None
-            if request_id in waiting:
-                found[request_id] = response
-                waiting.discard(request_id)
-                mine.append(message)
-            elif request_id in found:
-                mine.append(message)  # a duplicate response to a request already answered
-            else:
-                others.append(message)
-        if mine:
-            sqs.delete_message_batch(
+    try:
+        while waiting and time.monotonic() < deadline:
+            wait = int(min(5, max(0, deadline - time.monotonic())))
+            messages = sqs.receive_message(
                 QueueUrl=url,
-                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(mine)],
-            )
-        if others:
-            # Someone else's responses: hand them back at once.
-            sqs.change_message_visibility_batch(
-                QueueUrl=url,
-                Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
-                    for i, m in enumerate(others)
-                ],
-            )
+                MaxNumberOfMessages=MAX_BATCH,
+                WaitTimeSeconds=wait,
+                VisibilityTimeout=int(timeout) + 30,
+            ).get("Messages", [])
+            mine = []
+            for message in messages:
+                request_id = parse_response(message["Body"]).get("MessageId")
+                if request_id in waiting or request_id in found:  # found: a duplicate response
+                    found.setdefault(request_id, parse_response(message["Body"]))
+                    waiting.discard(request_id)
+                    mine.append(message)
+                else:
+                    others[message["MessageId"]] = message["ReceiptHandle"]
+            if mine:
+                sqs.delete_message_batch(
+                    QueueUrl=url,
+                    Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(mine)],
+                )
+    finally:
+        release(sqs, url, others.values())
     return found
-
-
-def describe_response(response: dict[str, Any]) -> str:
-    """Return one line describing a response."""
-    line = f"{response.get('Status')} {response.get('WidgetId')} receive_count={response.get('ReceiveCount')}"
-    if response.get("Reason"):
-        line += f" reason={response['Reason']!r}"
-    return line
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)

@@ -8,7 +8,7 @@ not deal with becomes visible again after HOLD_SECONDS.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,15 +16,16 @@ import click
 from botocore.exceptions import BotoCoreError, ClientError
 
 from widgets.cli import CONTEXT_SETTINGS, sqs_options
+from widgets.messages import describe_response, parse_response
 from widgets.sqs import (
     DEAD_LETTER_QUEUE,
     MAX_BATCH,
     MISSING_QUEUE_CODES,
     SQSClient,
-    batches,
     describe_error,
     make_client,
     queue_url,
+    release,
     user_errors,
 )
 
@@ -179,16 +180,6 @@ def move_batch(
     return result
 
 
-def release(sqs: SQSClient, url: str, receipt_handles: Iterable[str]) -> None:
-    """Make messages this run holds visible again at once."""
-    for chunk in batches(list(receipt_handles)):
-        # Entries that fail have an expired handle: those messages are visible again anyway.
-        sqs.change_message_visibility_batch(
-            QueueUrl=url,
-            Entries=[{"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0} for i, h in enumerate(chunk)],
-        )
-
-
 def move_messages(
     sqs: SQSClient,
     source_url: str,
@@ -220,25 +211,6 @@ def move_messages(
             on_batch(batch)
     release(sqs, source_url, [message["ReceiptHandle"] for message, _ in total.not_sent])
     return total
-
-
-def parse_response(body: str) -> dict[str, Any]:
-    """Return a response body as a dict; a body that is not a JSON object comes back as {"Body": body}."""
-    try:
-        response = json.loads(body)
-    except ValueError:
-        response = None
-    return response if isinstance(response, dict) else {"Body": body}
-
-
-def describe_response(response: dict[str, Any]) -> str:
-    """Return one line describing a response: status, widget id, receive count and reason."""
-    line = f"{response.get('Status')} {response.get('WidgetId')} receive_count={response.get('ReceiveCount')}"
-    if response.get("Reason"):
-        line += f" reason={response['Reason']!r}"
-    if "Body" in response:
-        line += f" body={str(response['Body'])[:200]!r}"
-    return line
 
 
 def read_responses(

@@ -68,11 +68,15 @@ def test_produce_wait_reports_outcomes(sqs: Any, queues: QueueUrls) -> None:
     message_id = sent.output.split()[0]
     sqs.send_message(
         QueueUrl=queues.response,
-        MessageBody=json.dumps({"MessageId": "someone-else", "WidgetId": "x", "Status": "OK", "ReceiveCount": 1}),
+        MessageBody=json.dumps(
+            {"MessageId": "someone-else", "WidgetId": "x", "Status": "OK", "ReceiveCount": 1}
+        ),
     )
     sqs.send_message(
         QueueUrl=queues.response,
-        MessageBody=json.dumps({"MessageId": message_id, "WidgetId": SEED_ID, "Status": "OK", "ReceiveCount": 1}),
+        MessageBody=json.dumps(
+            {"MessageId": message_id, "WidgetId": SEED_ID, "Status": "OK", "ReceiveCount": 1}
+        ),
     )
     responses = widget_producer.wait_for_responses(sqs, queues.response, [message_id], timeout=5)
     assert responses[message_id]["Status"] == "OK"
@@ -86,11 +90,15 @@ def test_produce_wait_fails_when_no_answer(sqs: Any, queues: QueueUrls) -> None:
     assert "1 of 1 responses did not come within 1s" in result.output
 
 
-def test_produce_reports_refused_entries(sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_produce_reports_refused_entries(
+    sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def refuse_second(**kwargs: Any) -> Any:
         entries = kwargs["Entries"]
         answer = real(QueueUrl=kwargs["QueueUrl"], Entries=[entries[0]])
-        answer["Failed"] = [{"Id": e["Id"], "SenderFault": True, "Code": "InvalidParameterValue"} for e in entries[1:]]
+        answer["Failed"] = [
+            {"Id": e["Id"], "SenderFault": True, "Code": "InvalidParameterValue"} for e in entries[1:]
+        ]
         return answer
 
     real = sqs.send_message_batch
@@ -182,7 +190,9 @@ def test_consumer_creates_queues_idempotently_with_redrive(sqs: Any) -> None:
     second = ensure_queues(sqs, "Req", "Resp", "Dlq", max_receives=5)
     assert first == second
     policy = json.loads(
-        sqs.get_queue_attributes(QueueUrl=first.request, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"]
+        sqs.get_queue_attributes(QueueUrl=first.request, AttributeNames=["RedrivePolicy"])["Attributes"][
+            "RedrivePolicy"
+        ]
     )
     assert int(policy["maxReceiveCount"]) == 5
     assert policy["deadLetterTargetArn"].endswith(":Dlq")
@@ -196,3 +206,28 @@ def test_maker_port_in_use(tmp_path: Any) -> None:
         result = CliRunner().invoke(widget_maker.main, ["--port", str(port), "--db", str(tmp_path / "w.db")])
     assert result.exit_code == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.output
+
+
+def test_region_in_aws_config_alone_stays_local(
+    no_aws: None, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from widgets.sqs import LOCAL_ENDPOINT, make_client
+
+    config = tmp_path / "config"
+    config.write_text("[default]\nregion = eu-west-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    assert make_client(None, None).meta.endpoint_url == LOCAL_ENDPOINT
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    assert make_client("eu-west-1", None).meta.endpoint_url == "https://sqs.eu-west-1.amazonaws.com"
+
+
+def test_wait_is_not_starved_by_other_responses(sqs: Any, queues: QueueUrls) -> None:
+    # moto returns the oldest messages first: others' responses handed straight back would
+    # come back again and again, ahead of ours.
+    for n in range(15):
+        sqs.send_message(QueueUrl=queues.response, MessageBody=json.dumps({"MessageId": f"other-{n}"}))
+    sqs.send_message(QueueUrl=queues.response, MessageBody=json.dumps({"MessageId": "mine", "Status": "OK"}))
+    found = widget_producer.wait_for_responses(sqs, queues.response, ["mine"], timeout=5)
+    assert found["mine"]["Status"] == "OK"
+    assert len(bodies(sqs, queues.response)) == 15

@@ -84,3 +84,22 @@ def response_body(
     if widget is not None:
         response["Widget"] = widget
     return json.dumps(response)
+
+
+def parse_response(body: str) -> dict[str, Any]:
+    """Return a response body as a dict; a body that is not a JSON object comes back as {"Body": body}."""
+    try:
+        response = json.loads(body)
+    except ValueError:
+        response = None
+    return response if isinstance(response, dict) else {"Body": body}
+
+
+def describe_response(response: dict[str, Any]) -> str:
+    """Return one line describing a response: status, widget id, receive count and reason."""
+    line = f"{response.get('Status')} {response.get('WidgetId')} receive_count={response.get('ReceiveCount')}"
+    if response.get("Reason"):
+        line += f" reason={response['Reason']!r}"
+    if "Body" in response:
+        line += f" body={str(response['Body'])[:200]!r}"
+    return line

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -64,9 +64,13 @@ def is_local(endpoint_url: str) -> bool:
 def make_client(
     region: str | None, endpoint_url: str | None, max_connections: int = 10, read_timeout: int = 40
 ) -> SQSClient:
-    """Build an SQS client: Amazon SQS when a region is known and no endpoint is given, else the local SQS."""
+    """Build an SQS client: Amazon SQS when a region is given and no endpoint, else the local SQS.
+
+    Only a region given on purpose (--region or AWS_REGION) selects Amazon; one that merely sits
+    in ~/.aws/config does not, so nobody reaches their AWS account by accident.
+    """
     session = boto3.Session(region_name=region)
-    if endpoint_url is None and session.region_name is None:
+    if endpoint_url is None and region is None:
         endpoint_url = LOCAL_ENDPOINT
     if endpoint_url is not None:
         parsed = urlparse(endpoint_url)
@@ -159,3 +163,13 @@ def batches(items: list[Any], size: int = MAX_BATCH) -> Iterator[list[Any]]:
     """Yield consecutive slices of items of at most size entries."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def release(client: SQSClient, url: str, receipt_handles: Iterable[str]) -> None:
+    """Make messages this process holds visible again at once."""
+    for chunk in batches(list(receipt_handles)):
+        # Entries that fail have an expired handle: those messages are visible again anyway.
+        client.change_message_visibility_batch(
+            QueueUrl=url,
+            Entries=[{"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0} for i, h in enumerate(chunk)],
+        )
