@@ -39,7 +39,7 @@ def test_help(command: Any) -> None:
 def test_produce_one_with_the_seed_id(sqs: Any, queues: QueueUrls) -> None:
     result = CliRunner().invoke(widget_producer.main, ["--region=us-east-1", f"--widget-id={SEED_ID}"])
     assert result.exit_code == 0, result.output
-    message_id, widget_id = result.output.split()
+    _message_id, widget_id = result.output.split()
     assert widget_id == SEED_ID
     assert bodies(sqs, queues.request) == [json.dumps({"WidgetId": SEED_ID})]
 

@@ -41,14 +41,16 @@ def all_bodies(sqs: Any, url: str) -> list[dict[str, Any]]:
     """Drain a queue; return its bodies, parsed, with message attributes under '_attributes'."""
     bodies = []
     while True:
-        messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]).get(
-            "Messages", []
-        )
+        messages = sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+        ).get("Messages", [])
         if not messages:
             return bodies
         for message in messages:
             body = json.loads(message["Body"])
-            body["_attributes"] = {k: v["StringValue"] for k, v in message.get("MessageAttributes", {}).items()}
+            body["_attributes"] = {
+                k: v["StringValue"] for k, v in message.get("MessageAttributes", {}).items()
+            }
             bodies.append(body)
             sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
 
@@ -58,15 +60,21 @@ def depth(sqs: Any, url: str) -> tuple[int, int]:
     attributes = sqs.get_queue_attributes(
         QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
     )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]), int(attributes["ApproximateNumberOfMessagesNotVisible"])
+    return int(attributes["ApproximateNumberOfMessages"]), int(
+        attributes["ApproximateNumberOfMessagesNotVisible"]
+    )
 
 
-def handle_one(sqs: Any, queues: QueueUrls, settings: Settings, body: str, receives: int = 1) -> tuple[str, Any]:
-    """Send body, receive it receives times, let a consumer handle the last delivery; return status and outbox."""
+def handle_one(
+    sqs: Any, queues: QueueUrls, settings: Settings, body: str, receives: int = 1
+) -> tuple[str, Any]:
+    """Send body, receive it receives times, have a consumer handle the last delivery; return the outcome."""
     sqs.send_message(QueueUrl=queues.request, MessageBody=body)
     for _ in range(receives - 1):
         message = receive_one(sqs, queues.request)
-        sqs.change_message_visibility(QueueUrl=queues.request, ReceiptHandle=message.receipt_handle, VisibilityTimeout=0)
+        sqs.change_message_visibility(
+            QueueUrl=queues.request, ReceiptHandle=message.receipt_handle, VisibilityTimeout=0
+        )
     consumer = Consumer(sqs, queues, settings)
     outcome = consumer.handle(receive_one(sqs, queues.request))
     assert consumer.outbox.flush() == 0
@@ -94,7 +102,9 @@ def test_repeated_request_is_ok_and_made_once(sqs: Any, queues: QueueUrls, maker
 
 
 def test_maker_rejection_is_rejected_without_retry(sqs: Any, queues: QueueUrls, maker_url: str) -> None:
-    status, outcome = handle_one(sqs, queues, Settings(maker_url=maker_url), request_body("this_is_not_a_valid_widget_id"))
+    status, outcome = handle_one(
+        sqs, queues, Settings(maker_url=maker_url), request_body("this_is_not_a_valid_widget_id")
+    )
     assert status == REJECTED
     assert "maker answered 422" in outcome.reason
     assert depth(sqs, queues.request) == (0, 0)
@@ -106,7 +116,15 @@ def test_maker_rejection_is_rejected_without_retry(sqs: Any, queues: QueueUrls, 
 
 @pytest.mark.parametrize(
     "body",
-    ["not json", "[]", "{}", '{"WidgetId": 5}', '{"WidgetId": "' + "x" * 1000 + '"}', "x" * 100_000, "é✓\u2028"],
+    [
+        "not json",
+        "[]",
+        "{}",
+        '{"WidgetId": 5}',
+        '{"WidgetId": "' + "x" * 1000 + '"}',
+        "x" * 100_000,
+        "é✓\u2028",
+    ],
 )
 def test_invalid_body_is_rejected_without_calling_the_maker(
     sqs: Any, queues: QueueUrls, scripted_maker: tuple[ScriptedMaker, str], body: str
@@ -153,17 +171,21 @@ def test_other_client_errors_are_rejected(
     assert handle_one(sqs, queues, Settings(maker_url=url), request_body(VALID_ID))[0] == REJECTED
 
 
-def test_maker_timeout_is_retried(sqs: Any, queues: QueueUrls, scripted_maker: tuple[ScriptedMaker, str]) -> None:
+def test_maker_timeout_is_retried(
+    sqs: Any, queues: QueueUrls, scripted_maker: tuple[ScriptedMaker, str]
+) -> None:
     script, url = scripted_maker
     script.delay = 1.0
-    status, outcome = handle_one(sqs, queues, Settings(maker_url=url, http_timeout=0.2), request_body(VALID_ID))
+    status, outcome = handle_one(
+        sqs, queues, Settings(maker_url=url, http_timeout=0.2), request_body(VALID_ID)
+    )
     assert status == RETRY
     assert "did not answer within 0.2s" in outcome.reason
 
 
 def test_last_receive_fails_to_the_dead_letter_queue(sqs: Any, queues: QueueUrls) -> None:
     settings = Settings(maker_url=f"http://127.0.0.1:{free_port()}/add", max_receives=3)
-    status, outcome = handle_one(sqs, queues, settings, request_body(VALID_ID), receives=3)
+    status, _outcome = handle_one(sqs, queues, settings, request_body(VALID_ID), receives=3)
     assert status == FAILED
     assert depth(sqs, queues.request) == (0, 0)
     [response] = all_bodies(sqs, queues.response)
@@ -205,7 +227,9 @@ def test_outbox_keeps_what_sqs_refused(sqs: Any, queues: QueueUrls, monkeypatch:
         sqs.send_message(QueueUrl=queues.request, MessageBody=str(n))
     received = [
         Received.from_sqs(m)
-        for m in sqs.receive_message(QueueUrl=queues.request, MaxNumberOfMessages=10, VisibilityTimeout=30)["Messages"]
+        for m in sqs.receive_message(QueueUrl=queues.request, MaxNumberOfMessages=10, VisibilityTimeout=30)[
+            "Messages"
+        ]
     ]
     outbox = Outbox(sqs, queues, flush_interval=0)
     for message in received:
@@ -257,7 +281,9 @@ def test_partial_response_batch_failure_keeps_the_request(
         sqs.send_message(QueueUrl=queues.request, MessageBody=str(n))
     received = [
         Received.from_sqs(m)
-        for m in sqs.receive_message(QueueUrl=queues.request, MaxNumberOfMessages=10, VisibilityTimeout=30)["Messages"]
+        for m in sqs.receive_message(QueueUrl=queues.request, MaxNumberOfMessages=10, VisibilityTimeout=30)[
+            "Messages"
+        ]
     ]
     outbox = Outbox(sqs, queues, flush_interval=0)
     for message in received:
@@ -288,8 +314,10 @@ def run_until(condition: Any, timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
-def test_consumer_drains_the_queue_concurrently(sqs: Any, queues: QueueUrls, maker_url: str, app: Any) -> None:
-    for batch in range(3):
+def test_consumer_drains_the_queue_concurrently(
+    sqs: Any, queues: QueueUrls, maker_url: str, app: Any
+) -> None:
+    for _batch in range(3):
         sqs.send_message_batch(
             QueueUrl=queues.request,
             Entries=[{"Id": str(n), "MessageBody": request_body(str(uuid.uuid1()))} for n in range(10)],
@@ -330,7 +358,11 @@ def test_stop_finishes_held_messages_and_hands_back_the_rest(
 
 
 def test_consumer_rides_out_an_sqs_outage(
-    sqs: Any, queues: QueueUrls, maker_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    sqs: Any,
+    queues: QueueUrls,
+    maker_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
     consumer = Consumer(sqs, queues, Settings(maker_url=maker_url, wait_time=0, workers=2))
@@ -359,3 +391,25 @@ def test_consumer_rides_out_an_sqs_outage(
 def test_http_session_pool_is_sized_to_the_workers() -> None:
     adapter = make_http_session(7).get_adapter("http://127.0.0.1/")
     assert adapter._pool_maxsize == 7  # type: ignore[attr-defined]
+
+
+def test_json_log_lines_carry_the_fields(
+    sqs: Any, queues: QueueUrls, maker_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from widgets.logs import configure_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure_logging("INFO", "json")
+    try:
+        handle_one(sqs, queues, Settings(maker_url=maker_url), request_body(VALID_ID))
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if '"widget_consumer"' in line]
+    [entry] = lines
+    assert entry["status"] == OK
+    assert entry["widget_id"] == VALID_ID
+    assert entry["receive_count"] == 1
+    assert entry["message_id"] and isinstance(entry["duration_ms"], float)
+    assert entry["level"] == "INFO"

@@ -45,7 +45,9 @@ class Stack:
 
     def consumer(self, *args: str, maker_url: str | None = None, name: str = "consumer") -> Process:
         """Start a consumer with the fast timings plus args."""
-        process = start_consumer(self.endpoint, maker_url or f"{self.maker_base}/add", [*FAST, *args], name=name)
+        process = start_consumer(
+            self.endpoint, maker_url or f"{self.maker_base}/add", [*FAST, *args], name=name
+        )
         self.processes.append(process)
         return process
 
@@ -61,7 +63,9 @@ class Stack:
     def depth(self, url: str) -> tuple[int, int]:
         """Return (visible, in flight) of a queue."""
         attributes = self.client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
-        return int(attributes["ApproximateNumberOfMessages"]), int(attributes["ApproximateNumberOfMessagesNotVisible"])
+        return int(attributes["ApproximateNumberOfMessages"]), int(
+            attributes["ApproximateNumberOfMessagesNotVisible"]
+        )
 
     def responses(self, expected: int = 0, timeout: float = 10) -> list[dict[str, Any]]:
         """Drain the response queue, waiting up to timeout for expected responses; return them."""
@@ -74,12 +78,14 @@ class Stack:
     def _drain_responses(self) -> list[dict[str, Any]]:
         """Receive and delete every response there is now."""
         found = []
-        while messages := self.client.receive_message(QueueUrl=self.urls.response, MaxNumberOfMessages=10).get(
-            "Messages"
-        ):
+        while messages := self.client.receive_message(
+            QueueUrl=self.urls.response, MaxNumberOfMessages=10
+        ).get("Messages"):
             for message in messages:
                 found.append(json.loads(message["Body"]))
-                self.client.delete_message(QueueUrl=self.urls.response, ReceiptHandle=message["ReceiptHandle"])
+                self.client.delete_message(
+                    QueueUrl=self.urls.response, ReceiptHandle=message["ReceiptHandle"]
+                )
         return found
 
     def stop(self) -> None:
@@ -176,7 +182,9 @@ def test_sigkill_loses_nothing(stack: Stack, scripted_maker: tuple[ScriptedMaker
     script, slow_url = scripted_maker
     script.delay = 30
     urls = stack.urls
-    doomed = stack.consumer("--http-timeout", "2", "--visibility-timeout", "3", maker_url=slow_url, name="doomed")
+    doomed = stack.consumer(
+        "--http-timeout", "2", "--visibility-timeout", "3", maker_url=slow_url, name="doomed"
+    )
     sent = stack.produce("--count", "5")
     widget_ids = {line.split()[1] for line in sent.stdout.splitlines()}
     wait_until(lambda: len(script.requests) == 5)

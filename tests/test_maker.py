@@ -118,9 +118,13 @@ def test_token_required(locked_client: FlaskClient, header: str | None) -> None:
     assert locked_client.get(f"/widget/{SEED_ID}").status_code == 404
 
 
-def test_token_accepted_and_never_logged(locked_client: FlaskClient, caplog: pytest.LogCaptureFixture) -> None:
+def test_token_accepted_and_never_logged(
+    locked_client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
-    answer = locked_client.post("/add", json={"widget_id": SEED_ID}, headers={"Authorization": "Bearer s3cret"})
+    answer = locked_client.post(
+        "/add", json={"widget_id": SEED_ID}, headers={"Authorization": "Bearer s3cret"}
+    )
     assert answer.status_code == 201
     assert "widget_created" in caplog.text
     assert "s3cret" not in caplog.text
@@ -129,7 +133,9 @@ def test_token_accepted_and_never_logged(locked_client: FlaskClient, caplog: pyt
 def test_index_lists_recent_widgets(client: FlaskClient) -> None:
     ids = [str(uuid.uuid1()) for _ in range(3)]
     for widget_id in ids:
-        client.post("/add", json={"widget_id": widget_id}, headers={"Idempotency-Key": f"key-{widget_id[:4]}"})
+        client.post(
+            "/add", json={"widget_id": widget_id}, headers={"Idempotency-Key": f"key-{widget_id[:4]}"}
+        )
     page = client.get("/")
     assert page.status_code == 200
     assert page.mimetype == "text/html"
@@ -160,7 +166,13 @@ def test_no_body_makes_the_maker_fail(client: FlaskClient, body: bytes, content_
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(payload=st.recursive(st.none() | st.booleans() | st.floats() | st.text(), lambda c: st.lists(c) | st.dictionaries(st.text(), c), max_leaves=10))
+@given(
+    payload=st.recursive(
+        st.none() | st.booleans() | st.floats() | st.text(),
+        lambda c: st.lists(c) | st.dictionaries(st.text(), c),
+        max_leaves=10,
+    )
+)
 def test_no_json_makes_the_maker_fail(client: FlaskClient, payload: object) -> None:
     for body in (payload, {"widget_id": payload}):
         answer = client.post("/add", json=body)
