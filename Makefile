@@ -32,8 +32,24 @@ consumer: all  ## the consumer, on the local SQS unless ARGS says otherwise
 produce: all  ## send requests: make produce ARGS="--count 10 --wait"
 	$(PYTHON) widget_producer.py $(ARGS)
 
+status: all  ## messages visible, in flight and delayed on each queue: make status ARGS="--json"
+	$(PYTHON) widget_queues.py status $(ARGS)
+
+redrive: all  ## move the dead-letter queue's requests back to the request queue: make redrive ARGS="--max 100"
+	$(PYTHON) widget_queues.py redrive $(ARGS)
+
+responses: all  ## print the responses waiting: make responses ARGS="--delete"
+	$(PYTHON) widget_queues.py responses $(ARGS)
+
 test: all  ## the whole test suite
 	$(PYTHON) -m pytest $(ARGS)
+
+chaos: export CHAOS_SIZE := full
+chaos: all  ## the full chaos test: faults injected while 350 requests flow
+	$(PYTHON) -m pytest tests/test_chaos.py -s $(ARGS)
+
+bench: all  ## throughput: raw SQS, the consumer and the seed's loop, from the same depth (N=500)
+	$(PYTHON) -m bench.bench --count $(N)
 
 lint: all  ## ruff (lint and format check) and mypy
 	$(PYTHON) -m ruff check .

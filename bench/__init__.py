@@ -1,0 +1,1 @@
+"""Benchmarks of the pipeline on this machine: `make bench`."""
