@@ -25,7 +25,15 @@ def test_bench_reports_every_figure(tmp_path: Path) -> None:
         timeout=80,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    for label in ("raw ", "consumer ", "one-at-a-time ", "msg/s", "consumer/raw", "consumer/one-at-a-time"):
+    for label in (
+        "raw ",
+        "consumer ",
+        "one-at-a-time ",
+        "msg/s",
+        "consumer/raw",
+        "consumer/one-at-a-time",
+        "raw-respond",
+    ):
         assert label in result.stdout
     assert "ms/message" in result.stdout and "s per 1000 messages" in result.stdout
     assert "one SendMessage per request" in result.stdout
@@ -34,12 +42,13 @@ def test_bench_reports_every_figure(tmp_path: Path) -> None:
     drains = figures["drains"]
     assert {name: (d["depth"], d["messages"]) for name, d in drains.items()} == {
         "raw": (30, 30),
+        "raw_respond": (30, 30),
         "consumer": (30, 30),
         "one_at_a_time": (30, 2),
     }
     assert figures["consumer_outcomes"] == {"OK": 30}
     assert all(d["rate"] > 0 for d in drains.values())
-    assert set(figures["ratios"]) == {"consumer_raw", "consumer_one_at_a_time"}
+    assert set(figures["ratios"]) == {"consumer_raw", "consumer_one_at_a_time", "consumer_raw_respond"}
     assert figures["consumer_cpu_ms_per_message"] >= 0
     assert figures["producer"]["batch_rate"] > 0 and figures["producer"]["single_rate"] > 0
     assert set(figures["targets_met"]) == {"consumer_raw", "consumer_one_at_a_time", "consumer_cpu"}
