@@ -65,6 +65,9 @@ class Process:
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
+            # Its own session: a Ctrl-C in the terminal reaches only us, and we stop the
+            # children in order (consumer before the SQS it flushes to), one signal each.
+            start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, name=f"read-{name}", daemon=True)
         self._reader.start()
