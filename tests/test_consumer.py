@@ -222,18 +222,19 @@ def test_retry_delay(backoff: str, counts: list[int], delays: list[int]) -> None
     assert [retry_delay(settings, c) for c in counts] == delays
 
 
-def test_outbox_keeps_what_sqs_refused(sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch) -> None:
-    for n in range(3):
+def outbox_holding_answers(sqs: Any, queues: QueueUrls, count: int) -> Outbox:
+    """Send and receive count requests; return an outbox holding a response and delete for each."""
+    for n in range(count):
         sqs.send_message(QueueUrl=queues.request, MessageBody=str(n))
-    received = [
-        Received.from_sqs(m)
-        for m in sqs.receive_message(QueueUrl=queues.request, MaxNumberOfMessages=10, VisibilityTimeout=30)[
-            "Messages"
-        ]
-    ]
+    messages = sqs.receive_message(QueueUrl=queues.request, MaxNumberOfMessages=10, VisibilityTimeout=30)
     outbox = Outbox(sqs, queues, flush_interval=0)
-    for message in received:
+    for message in map(Received.from_sqs, messages["Messages"]):
         outbox.respond_and_delete(message, json.dumps({"MessageId": message.message_id}))
+    return outbox
+
+
+def test_outbox_keeps_what_sqs_refused(sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch) -> None:
+    outbox = outbox_holding_answers(sqs, queues, 3)
 
     real_delete = sqs.delete_message_batch
 
@@ -277,17 +278,7 @@ def test_outbox_deletes_nothing_whose_response_was_not_sent(
 def test_partial_response_batch_failure_keeps_the_request(
     sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for n in range(2):
-        sqs.send_message(QueueUrl=queues.request, MessageBody=str(n))
-    received = [
-        Received.from_sqs(m)
-        for m in sqs.receive_message(QueueUrl=queues.request, MaxNumberOfMessages=10, VisibilityTimeout=30)[
-            "Messages"
-        ]
-    ]
-    outbox = Outbox(sqs, queues, flush_interval=0)
-    for message in received:
-        outbox.respond_and_delete(message, "{}")
+    outbox = outbox_holding_answers(sqs, queues, 2)
     real_send = sqs.send_message_batch
 
     def send_only_second(**kwargs: Any) -> Any:
