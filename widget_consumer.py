@@ -28,7 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from requests.adapters import HTTPAdapter
 
 from widgets.cli import CONTEXT_SETTINGS, sqs_options
-from widgets.logs import FORMATS, LEVELS, configure_logging
+from widgets.logs import FORMATS, LEVELS, configure_logging, printable
 from widgets.messages import (
     FAILED,
     OK,
@@ -62,6 +62,10 @@ RETRY_STATUS_CODES = {401, 403, 408, 429}
 # (replacing those of an earlier failure, for a request that was redriven and failed again).
 DEAD_LETTER_ATTRIBUTES = ("FailureReason", "ReceiveCount", "OriginalMessageId")
 MAX_COPIED_ATTRIBUTES = 10 - len(DEAD_LETTER_ATTRIBUTES)
+# Seconds kept in hand, beyond the HTTP timeout, to respond and delete before visibility runs out.
+VISIBILITY_MARGIN = 0.5
+# Pause before retrying writes that SQS refused one by one.
+PARTIAL_FAILURE_PAUSE = 0.5
 # Pause after an empty short poll (--wait-time 0), so an idle consumer does not spin.
 IDLE_PAUSE = 0.2
 # How often the consumer logs a summary while it is busy.
@@ -94,6 +98,7 @@ class Received:
     body: str
     receive_count: int
     attributes: dict[str, Any]
+    received_at: float  # time.monotonic() when it arrived: its visibility timeout runs from then
 
     @classmethod
     def from_sqs(cls, message: Mapping[str, Any]) -> Received:
@@ -104,6 +109,7 @@ class Received:
             body=message.get("Body", ""),
             receive_count=int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
             attributes=message.get("MessageAttributes", {}),
+            received_at=time.monotonic(),
         )
 
 
@@ -122,10 +128,12 @@ def validate(settings: Settings) -> None:
     url = urlparse(settings.maker_url)
     if url.scheme not in ("http", "https") or not url.hostname:
         raise click.BadParameter(f"{settings.maker_url!r} is not an http(s) URL", param_hint="'--maker-url'")
-    if settings.visibility_timeout <= settings.http_timeout:
+    # A received message may wait for a worker (at most one maker call) before its own call.
+    if settings.visibility_timeout <= 2 * settings.http_timeout:
         raise click.BadParameter(
-            f"must be above the HTTP timeout ({settings.http_timeout:g}s), or a message could "
-            "become visible to another consumer while the maker is still working on it",
+            f"must be above twice the HTTP timeout ({2 * settings.http_timeout:g}s): a message "
+            "may wait for one maker call before its own, and must not become visible to another "
+            "consumer meanwhile",
             param_hint="'--visibility-timeout'",
         )
 
@@ -257,6 +265,7 @@ class Outbox:
         self._deletes: list[Received] = []
         self._visibility: list[tuple[Received, int]] = []
         self._closing = False
+        self._refused = False
         self._outage = OutageLog(sqs, "writing responses, deletes and visibility changes")
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
 
@@ -297,25 +306,41 @@ class Outbox:
                     if remaining <= 0:
                         break
                     self._changed.wait(remaining)
-            backoff = self.flush()
+            try:
+                backoff = self.flush()
+            except Exception:
+                log.exception("outbox_error; retrying")
+                backoff = 1.0
             if backoff:
-                time.sleep(backoff)
+                with self._changed:
+                    # close() cuts the back-off short, to flush what it can before exit.
+                    self._changed.wait(backoff)
 
     def flush(self) -> float:
-        """Make every queued write once, keeping what failed; return the back-off after a failure, else 0."""
-        with self._changed:
-            responses, self._responses = self._responses, []
-            visibility, self._visibility = self._visibility, []
-        try:
-            self._each_batch(responses, self._send_responses, "_responses")
+        """Make every queued write once, keeping what failed; return how long to back off (0: all went).
+
+        Each kind is tried even when another failed, so an outage of one call does not hold up
+        the others (hand-backs especially); a request's delete still waits for its response.
+        """
+        self._refused = False
+        error: Exception | None = None
+        for backlog, call in (
+            ("_responses", self._send_responses),
+            ("_deletes", self._delete),
+            ("_visibility", self._change_visibility),
+        ):
             with self._changed:
-                deletes, self._deletes = self._deletes, []
-            self._each_batch(deletes, self._delete, "_deletes")
-            self._each_batch(visibility, self._change_visibility, "_visibility")
-        except (BotoCoreError, ClientError) as error:
+                items = getattr(self, backlog)
+                setattr(self, backlog, [])
+            try:
+                self._each_batch(items, call, backlog)
+            except (BotoCoreError, ClientError) as exc:
+                error = error or exc
+        if error is not None:
             return self._outage.failed(error)
         self._outage.recovered()
-        return 0.0
+        # Entries refused one by one (throttling, internal errors) are retried after a pause.
+        return PARTIAL_FAILURE_PAUSE if self._refused else 0.0
 
     def _each_batch(self, items: list[Any], call: Any, backlog: str) -> None:
         """Call call on items ten at a time; on an SQS error, put the rest back on backlog and raise."""
@@ -335,6 +360,7 @@ class Outbox:
             Entries=[{"Id": str(i), "MessageBody": body} for i, (_, body) in enumerate(chunk)],
         )
         sent = {int(entry["Id"]) for entry in answer.get("Successful", [])}
+        self._refused = self._refused or len(sent) < len(chunk)
         with self._changed:
             self._deletes.extend(message for i, (message, _) in enumerate(chunk) if i in sent)
             self._responses.extend(entry for i, entry in enumerate(chunk) if i not in sent)
@@ -355,6 +381,7 @@ class Outbox:
                 # will answer it again; the duplicate response carries the same message id.
                 log.warning("delete_refused message_id=%s: %s", message.message_id, failure.get("Code"))
             else:
+                self._refused = True
                 with self._changed:
                     self._deletes.append(message)
 
@@ -370,6 +397,7 @@ class Outbox:
         for failure in answer.get("Failed", []):
             # A sender fault means the handle expired: the message is visible again anyway.
             if not failure.get("SenderFault"):
+                self._refused = True
                 with self._changed:
                     self._visibility.append(chunk[int(failure["Id"])])
 
@@ -465,6 +493,11 @@ class Consumer:
                 self._let_go(wanted)
                 self.stopping.wait(self._outage.failed(error))
                 continue
+            except Exception:
+                log.exception("receive_error; retrying")
+                self._let_go(wanted)
+                self.stopping.wait(1.0)
+                continue
             self._outage.recovered()
             self._let_go(wanted - len(messages))
             if not messages and not self.settings.wait_time:
@@ -485,6 +518,13 @@ class Consumer:
             if self.stopping.is_set():
                 self.release(message)
                 continue
+            if self._too_late(message):
+                # Another consumer may get it any moment: better to hand it back than race.
+                log.warning(
+                    "handing_back message_id=%s: its visibility timeout is nearly over", message.message_id
+                )
+                self.release(message)
+                continue
             try:
                 self.handle(message)
             except (BotoCoreError, ClientError) as error:
@@ -493,11 +533,29 @@ class Consumer:
                     message.message_id,
                     describe_error(error, self.sqs),
                 )
-            except Exception:
-                # The message comes back after its visibility timeout; the worker lives on.
+            except Exception as error:
+                # A bug of ours: the worker lives on, and the message comes back after its
+                # visibility timeout, until its last delivery, where it is given up as FAILED.
                 log.exception("handler_error message_id=%s", message.message_id)
+                if message.receive_count >= self.settings.max_receives:
+                    self._give_up(message, error)
             finally:
                 self._let_go(1)
+
+    def _give_up(self, message: Received, error: Exception) -> None:
+        """Settle a message the consumer itself keeps failing on as FAILED, so it is not dropped silently."""
+        reason = f"consumer error: {type(error).__name__}; gave up after {message.receive_count} receives"
+        try:
+            self.settle(message, Outcome(FAILED, None, reason), time.monotonic())
+        except (BotoCoreError, ClientError) as sqs_error:
+            log.warning(
+                "not_settled message_id=%s: %s", message.message_id, describe_error(sqs_error, self.sqs)
+            )
+
+    def _too_late(self, message: Received) -> bool:
+        """Tell whether a message's visibility timeout could run out before a maker call ends."""
+        age = time.monotonic() - message.received_at
+        return age + self.settings.http_timeout + VISIBILITY_MARGIN > self.settings.visibility_timeout
 
     def release(self, message: Received) -> None:
         """Make a message this consumer will not handle visible again at once."""
@@ -507,7 +565,10 @@ class Consumer:
     def handle(self, message: Received) -> Outcome:
         """Decide one message's fate and act on it: respond and delete, retry later, or dead-letter."""
         started = time.monotonic()
-        outcome = decide(message, self.http, self.settings)
+        return self.settle(message, decide(message, self.http, self.settings), started)
+
+    def settle(self, message: Received, outcome: Outcome, started: float) -> Outcome:
+        """Act on an outcome: queue the retry, or the response and delete (after a dead-letter copy)."""
         if outcome.status == RETRY:
             delay = retry_delay(self.settings, message.receive_count)
             self.outbox.change_visibility(message, delay)
@@ -537,7 +598,7 @@ class Consumer:
             "%s message_id=%s widget_id=%s receive_count=%d duration_ms=%s%s",
             outcome.status,
             message.message_id,
-            outcome.widget_id,
+            printable(outcome.widget_id),
             message.receive_count,
             duration_ms,
             detail,
@@ -579,26 +640,37 @@ class Consumer:
                 self.release(leftover)
         return self.outbox.close(timeout=grace + 3)
 
+    def counted(self) -> Counter[str]:
+        """Return a copy of the outcome counts so far."""
+        with self._room:
+            return Counter(self.counts)
+
     def summary(self, elapsed: float) -> str:
         """Return a one-line summary of the outcomes so far."""
-        done = sum(self.counts[s] for s in (OK, REJECTED, FAILED))
-        counts = " ".join(f"{status}={self.counts[status]}" for status in (OK, REJECTED, FAILED, RETRY))
+        counted = self.counted()
+        done = sum(counted[s] for s in (OK, REJECTED, FAILED))
+        counts = " ".join(f"{status}={counted[status]}" for status in (OK, REJECTED, FAILED, RETRY))
         rate = done / elapsed if elapsed > 0 else 0.0
         return f"summary {counts} rate={rate:.1f}/s over {elapsed:.0f}s"
 
 
-def install_signal_handlers(consumer: Consumer) -> None:
-    """Stop gracefully on the first SIGINT or SIGTERM, and at once on the second."""
+def install_signal_handlers() -> list[int]:
+    """Note the first SIGINT or SIGTERM in the list returned; exit at once on the second.
+
+    The handler takes no lock and logs nothing: it runs between any two bytecodes of the main
+    thread, which may hold the very lock it would wait for.
+    """
+    received: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        if consumer.stopping.is_set():
-            log.warning("second signal: exiting now")
+        if received:
+            os.write(2, b"second signal: exiting now\n")
             os._exit(128 + signum)
-        log.info("stopping (signal %d): finishing held messages; signal again to exit now", signum)
-        consumer.stop()
+        received.append(signum)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    return received
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -740,7 +812,7 @@ def main(
     else:
         urls = find_queues(sqs, *names)
     consumer = Consumer(sqs, urls, settings)
-    install_signal_handlers(consumer)
+    signals = install_signal_handlers()
     log.info(
         "consuming %s at %s -> %s (workers=%d max_receives=%d retry_delay=%ds backoff=%s)",
         sqs_request_queue,
@@ -752,13 +824,16 @@ def main(
         backoff,
     )
     started = last_summary = time.monotonic()
-    last_counts = Counter(consumer.counts)
+    last_counts = consumer.counted()
     consumer.start()
-    while not consumer.stopping.wait(0.5):
+    while not signals:
+        time.sleep(0.1)
         now = time.monotonic()
-        if now - last_summary >= SUMMARY_INTERVAL and consumer.counts != last_counts:
+        if now - last_summary >= SUMMARY_INTERVAL and consumer.counted() != last_counts:
             log.info(consumer.summary(now - started))
-            last_summary, last_counts = now, Counter(consumer.counts)
+            last_summary, last_counts = now, consumer.counted()
+    log.info("stopping (signal %d): finishing held messages; signal again to exit now", signals[0])
+    consumer.stop()
     unsent = consumer.join(grace=min(wait_time, 2) + 0.5)
     log.info(consumer.summary(time.monotonic() - started))
     if unsent:

@@ -83,7 +83,10 @@ def add_widget() -> ResponseReturnValue:
         return error(401, "missing or wrong bearer token")
     if not request.is_json:
         return error(415, "send the request as Content-Type: application/json")
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # json raises this, not ValueError, for deep nesting
+        data = None
     if data is None:
         return error(400, "the body is not valid JSON")
     widget_id = data.get("widget_id") if isinstance(data, dict) else None

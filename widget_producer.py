@@ -28,6 +28,7 @@ class SendResult:
 
     sent: list[tuple[str, str]] = field(default_factory=list)  # (message id, widget id)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (widget id, reason)
+    error: Exception | None = None  # the SQS call that failed outright, if one did
 
 
 def send_batch(sqs: SQSClient, url: str, widget_ids: list[str]) -> SendResult:
@@ -35,10 +36,17 @@ def send_batch(sqs: SQSClient, url: str, widget_ids: list[str]) -> SendResult:
     result = SendResult()
     pending = {str(index): widget_id for index, widget_id in enumerate(widget_ids)}
     for attempt in range(ENTRY_RETRIES + 1):
-        answer = sqs.send_message_batch(
-            QueueUrl=url,
-            Entries=[{"Id": key, "MessageBody": request_body(wid)} for key, wid in pending.items()],
-        )
+        try:
+            answer = sqs.send_message_batch(
+                QueueUrl=url,
+                Entries=[{"Id": key, "MessageBody": request_body(wid)} for key, wid in pending.items()],
+            )
+        except (BotoCoreError, ClientError) as exc:
+            # What an earlier attempt sent stays reported as sent. A call that died mid-way may
+            # have been taken; we report it as not sent, which is all we can vouch for.
+            result.error = exc
+            result.failed.extend((wid, describe_error(exc, sqs)) for wid in pending.values())
+            return result
         for sent in answer.get("Successful", []):
             result.sent.append((sent["MessageId"], pending.pop(sent["Id"])))
         failures = answer.get("Failed", [])
@@ -65,22 +73,17 @@ def send_requests(
     chunks = list(batches(widget_ids, MAX_BATCH))
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(chunks)))) as pool:
         futures = [pool.submit(send_batch, sqs, url, chunk) for chunk in chunks]
-        error: Exception | None = None
-        for chunk, future in zip(chunks, futures, strict=False):
+        for chunk, future in zip(chunks, futures, strict=True):
             try:
                 result = future.result()
-            except (BotoCoreError, ClientError) as exc:
-                # Whether SQS took this batch is unknown only if the call died mid-way;
-                # we report it as not sent, which is what we can vouch for.
-                error = error or exc
-                result = SendResult(failed=[(wid, describe_error(exc, sqs)) for wid in chunk])
             except CancelledError:
                 result = SendResult(failed=[(wid, "not sent after an earlier error") for wid in chunk])
             total.sent.extend(result.sent)
             total.failed.extend(result.failed)
             if on_batch is not None:
                 on_batch(result)
-            if error is not None:
+            if result.error is not None and total.error is None:
+                total.error = result.error
                 for pending in futures:
                     pending.cancel()
     return total

@@ -165,7 +165,7 @@ def test_endpoint_must_be_a_url(no_aws: None) -> None:
     [
         (["--batch-size", "11"], "'--batch-size': 11 is not in the range 1<=x<=10"),
         (["--wait-time", "25"], "'--wait-time': 25 is not in the range 0<=x<=20"),
-        (["--visibility-timeout", "5", "--http-timeout", "10"], "must be above the HTTP timeout"),
+        (["--visibility-timeout", "19", "--http-timeout", "10"], "must be above twice the HTTP timeout"),
         (["--maker-url", "127.0.0.1:5000/add"], "is not an http(s) URL"),
         (["--backoff", "random"], "'random' is not one of 'fixed', 'exponential'"),
         (["--max-receives", "0"], "0 is not in the range"),
@@ -194,7 +194,8 @@ def test_consumer_creates_queues_idempotently_with_redrive(sqs: Any) -> None:
             "RedrivePolicy"
         ]
     )
-    assert int(policy["maxReceiveCount"]) == 5
+    # One more than the consumer's limit, so the consumer itself settles the last delivery.
+    assert int(policy["maxReceiveCount"]) == 6
     assert policy["deadLetterTargetArn"].endswith(":Dlq")
 
 
@@ -231,3 +232,29 @@ def test_wait_is_not_starved_by_other_responses(sqs: Any, queues: QueueUrls) -> 
     found = widget_producer.wait_for_responses(sqs, queues.response, ["mine"], timeout=5)
     assert found["mine"]["Status"] == "OK"
     assert len(bodies(sqs, queues.response)) == 15
+
+
+def test_producer_keeps_what_was_sent_before_a_call_failed(
+    sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botocore.exceptions import EndpointConnectionError
+
+    real = sqs.send_message_batch
+    calls = []
+
+    def first_partly_then_down(**kwargs: Any) -> Any:
+        calls.append(kwargs)
+        if len(calls) > 1:
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+        entries = kwargs["Entries"]
+        answer = real(QueueUrl=kwargs["QueueUrl"], Entries=entries[:9])
+        answer["Failed"] = [{"Id": entries[9]["Id"], "SenderFault": False, "Code": "ThrottlingException"}]
+        return answer
+
+    monkeypatch.setattr(sqs, "send_message_batch", first_partly_then_down)
+    result = widget_producer.send_requests(sqs, queues.request, [f"w{n}" for n in range(10)])
+    assert len(result.sent) == 9
+    assert [w for w, _ in result.failed] == ["w9"]
+    assert result.error is not None
+    monkeypatch.undo()
+    assert len(bodies(sqs, queues.request)) == 9

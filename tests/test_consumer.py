@@ -245,7 +245,7 @@ def test_outbox_keeps_what_sqs_refused(sqs: Any, queues: QueueUrls, monkeypatch:
         return answer
 
     monkeypatch.setattr(sqs, "delete_message_batch", delete_all_but_first)
-    assert outbox.flush() == 0
+    assert outbox.flush() > 0  # a pause before trying the refused entry again
     assert outbox.pending() == 1  # the refused delete waits for the next flush
     assert depth(sqs, queues.request) == (0, 1)
     monkeypatch.setattr(sqs, "delete_message_batch", real_delete)
@@ -404,3 +404,101 @@ def test_json_log_lines_carry_the_fields(
     assert entry["receive_count"] == 1
     assert entry["message_id"] and isinstance(entry["duration_ms"], float)
     assert entry["level"] == "INFO"
+
+
+def test_failed_flush_keeps_hand_backs(sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch) -> None:
+    outbox = outbox_holding_answers(sqs, queues, 1)
+    sqs.send_message(QueueUrl=queues.request, MessageBody="to hand back")
+    outbox.change_visibility(receive_one(sqs, queues.request), 0)
+
+    def unreachable(**kwargs: Any) -> Any:
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+
+    monkeypatch.setattr(sqs, "send_message_batch", unreachable)
+    assert outbox.flush() > 0
+    # The responses could not go, but the hand-back did: the message is visible at once.
+    assert depth(sqs, queues.request) == (1, 1)
+    assert outbox.pending() == 1
+    monkeypatch.undo()
+    assert outbox.flush() == 0
+    assert outbox.pending() == 0
+
+
+def test_dead_letter_send_failure_is_settled_on_the_extra_delivery(
+    sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(maker_url=f"http://127.0.0.1:{free_port()}/add", max_receives=3)
+    consumer = Consumer(sqs, queues, settings)
+    sqs.send_message(QueueUrl=queues.request, MessageBody=request_body(VALID_ID))
+    for _ in range(2):
+        message = receive_one(sqs, queues.request)
+        sqs.change_message_visibility(
+            QueueUrl=queues.request, ReceiptHandle=message.receipt_handle, VisibilityTimeout=0
+        )
+    real_send = sqs.send_message
+    monkeypatch.setattr(
+        sqs, "send_message", lambda **kwargs: (_ for _ in ()).throw(EndpointConnectionError(endpoint_url="x"))
+    )
+    third = receive_one(sqs, queues.request)
+    with pytest.raises(EndpointConnectionError):
+        consumer.handle(third)
+    monkeypatch.setattr(sqs, "send_message", real_send)
+    sqs.change_message_visibility(
+        QueueUrl=queues.request, ReceiptHandle=third.receipt_handle, VisibilityTimeout=0
+    )
+    # SQS's redrive would move it now if its limit were max_receives; it is one more.
+    fourth = receive_one(sqs, queues.request)
+    assert fourth.receive_count == 4
+    assert consumer.handle(fourth).status == FAILED
+    assert consumer.outbox.flush() == 0
+    [response] = all_bodies(sqs, queues.response)
+    assert response["Status"] == FAILED
+    [kept] = all_bodies(sqs, queues.dead_letter)
+    assert kept["_attributes"]["ReceiveCount"] == "4"
+
+
+def test_message_near_its_visibility_end_is_handed_back(
+    sqs: Any, queues: QueueUrls, scripted_maker: tuple[ScriptedMaker, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    script, url = scripted_maker
+    script.delay = 1.2
+    sqs.send_message_batch(
+        QueueUrl=queues.request,
+        Entries=[{"Id": str(n), "MessageBody": request_body(VALID_ID)} for n in range(2)],
+    )
+    # One worker and a 1.2 s maker: the second message of the batch waits 1.2 s, after which a
+    # 1.5 s call could outlast its 3 s visibility. It is handed back, not raced.
+    settings = Settings(maker_url=url, wait_time=0, workers=1, http_timeout=1.5, visibility_timeout=3)
+    consumer = Consumer(sqs, queues, settings)
+    consumer.start()
+    try:
+        run_until(lambda: consumer.counts[OK] == 2)
+    finally:
+        consumer.stop()
+        consumer.join(grace=1)
+    assert any("handing_back" in r.getMessage() for r in caplog.records)
+    assert sorted(r["ReceiveCount"] for r in all_bodies(sqs, queues.response)) == [1, 2]
+
+
+def test_a_message_the_consumer_keeps_failing_on_ends_failed(
+    sqs: Any, queues: QueueUrls, maker_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import widget_consumer
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(widget_consumer, "decide", broken)
+    consumer = Consumer(sqs, queues, Settings(maker_url=maker_url, wait_time=0, max_receives=1))
+    sqs.send_message(QueueUrl=queues.request, MessageBody=request_body(VALID_ID))
+    consumer.start()
+    try:
+        run_until(lambda: consumer.counts[FAILED] == 1)
+    finally:
+        consumer.stop()
+        assert consumer.join(grace=1) == 0
+    [response] = all_bodies(sqs, queues.response)
+    assert response["Status"] == FAILED
+    assert response["Reason"].startswith("consumer error: RuntimeError")
+    assert len(all_bodies(sqs, queues.dead_letter)) == 1
+    assert depth(sqs, queues.request) == (0, 0)

@@ -169,7 +169,7 @@ def test_sigterm_finishes_or_hands_back_everything(stack: Stack) -> None:
 def test_second_signal_exits_at_once(stack: Stack, scripted_maker: tuple[ScriptedMaker, str]) -> None:
     script, slow_url = scripted_maker
     script.delay = 30
-    consumer = stack.consumer("--http-timeout", "20", "--visibility-timeout", "30", maker_url=slow_url)
+    consumer = stack.consumer("--http-timeout", "20", "--visibility-timeout", "45", maker_url=slow_url)
     stack.produce()
     wait_until(lambda: len(script.requests) == 1)
     consumer.signal(signal.SIGTERM)
@@ -183,7 +183,7 @@ def test_sigkill_loses_nothing(stack: Stack, scripted_maker: tuple[ScriptedMaker
     script.delay = 30
     urls = stack.urls
     doomed = stack.consumer(
-        "--http-timeout", "2", "--visibility-timeout", "3", maker_url=slow_url, name="doomed"
+        "--http-timeout", "2", "--visibility-timeout", "5", maker_url=slow_url, name="doomed"
     )
     sent = stack.produce("--count", "5")
     widget_ids = {line.split()[1] for line in sent.stdout.splitlines()}

@@ -84,6 +84,7 @@ def test_invalid_request_is_422(client: FlaskClient, payload: object) -> None:
     [
         ("post", "/add", {"data": "{not json", "content_type": "application/json"}, 400),
         ("post", "/add", {"data": "null", "content_type": "application/json"}, 400),
+        ("post", "/add", {"data": "[" * 5000 + "]" * 5000, "content_type": "application/json"}, 400),
         ("post", "/add", {"data": f'{{"widget_id": "{SEED_ID}"}}', "content_type": "text/plain"}, 415),
         ("post", "/add", {"data": "x" * (MAX_BODY_BYTES + 1), "content_type": "application/json"}, 413),
         ("get", "/add", {}, 405),

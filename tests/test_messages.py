@@ -66,6 +66,7 @@ def test_request_round_trip() -> None:
         ('{"WidgetId": null}', "JSON NoneType, not a string"),
         ('{"WidgetId": "' + "a" * 300 + '"}', "over 256"),
         ('{"WidgetId": "' + "a" * 5000 + '"}', "over 4096"),
+        ("[" * 1500 + "]" * 1500, "nested too deeply"),
     ],
 )
 def test_parse_request_rejects(body: str, reason: str) -> None:
@@ -112,3 +113,17 @@ def test_response_body_fields() -> None:
     rejected = json.loads(response_body("m-2", None, "REJECTED", 1, reason="body is not JSON"))
     assert rejected["Reason"] == "body is not JSON"
     assert "Widget" not in rejected
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("31f37378-54f4-11e5-ad75-3c970e65f731", "31f37378-54f4-11e5-ad75-3c970e65f731"),
+        ("a\nINFO OK forged", "'a\\nINFO OK forged'"),
+    ],
+)
+def test_log_values_cannot_forge_lines(value: str, shown: str) -> None:
+    from widgets.logs import printable
+
+    assert printable(value) == shown
+    assert "\n" not in printable(value)

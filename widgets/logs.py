@@ -13,6 +13,12 @@ FORMATS = ("text", "json")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+def printable(value: object) -> str:
+    """Return value for a text log line, quoted if it holds what could forge a line (a newline, say)."""
+    text = str(value)
+    return text if text.isprintable() else repr(text)
+
+
 class JsonFormatter(logging.Formatter):
     """Format each record as one JSON object per line."""
 

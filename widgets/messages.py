@@ -17,6 +17,8 @@ RETRY = "RETRY"
 MAX_WIDGET_ID_CHARS = 256
 # Well below SQS's 256 KiB message limit: a widget request is about 50 bytes.
 MAX_REQUEST_BODY_CHARS = 4096
+# A reason quotes the maker's error; keep responses well inside SQS's message size limit.
+MAX_REASON_CHARS = 1000
 
 
 class InvalidRequest(ValueError):
@@ -52,6 +54,8 @@ def parse_request(body: str) -> str:
         data = json.loads(body)
     except ValueError:
         raise InvalidRequest("body is not JSON") from None
+    except RecursionError:
+        raise InvalidRequest("body is JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidRequest(f"body is a JSON {type(data).__name__}, not an object")
     if "WidgetId" not in data:
@@ -80,7 +84,7 @@ def response_body(
         "ReceiveCount": receive_count,
     }
     if reason is not None:
-        response["Reason"] = reason
+        response["Reason"] = reason[:MAX_REASON_CHARS]
     if widget is not None:
         response["Widget"] = widget
     return json.dumps(response)

@@ -148,7 +148,11 @@ def ensure_queues(
         # Created without attributes and then set, so an existing queue with other
         # settings is updated instead of refused with QueueAlreadyExists.
         request_url = client.create_queue(QueueName=request)["QueueUrl"]
-        redrive = {"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": str(max_receives)}
+        # One delivery more than the consumer's own limit: the consumer settles a request on its
+        # last delivery (FAILED, with a response); if it dies or cannot reach the dead-letter
+        # queue then, the extra delivery lets it try again. SQS's own move to the dead-letter
+        # queue (with no response) is left for a consumer that dies on a message every time.
+        redrive = {"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": str(max_receives + 1)}
         client.set_queue_attributes(QueueUrl=request_url, Attributes={"RedrivePolicy": json.dumps(redrive)})
         response_url = client.create_queue(QueueName=response)["QueueUrl"]
     return QueueUrls(request_url, response_url, dead_letter_url)

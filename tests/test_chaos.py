@@ -1,0 +1,860 @@
+"""Chaos test: nothing lost, nothing made twice, while the maker and the consumers are knocked over.
+
+The real scripts run against a moto server with short timings: two consumers compete for a
+stream of valid requests mixed with invalid widget ids and garbage bodies, and while the
+requests flow the maker is stopped and restarted twice, one consumer is killed with SIGKILL
+(and restarted), and one is stopped with SIGTERM (and restarted). Then a consumer whose maker
+is gone for good turns a few more requests into FAILED ones on purpose. The truth is what was
+sent (the message ids the producer printed and boto3 returned); at the end the maker's SQLite
+file, the response queue, the request queue and the dead-letter queue are checked against it,
+and the checks are printed as a table.
+
+`make test` runs the small size; `make chaos` (CHAOS_SIZE=full) runs the full one.
+
+Faults, all while requests flow: the maker stopped (SIGTERM) and restarted twice; consumer A
+killed with SIGKILL after the maker answered but before its SQS writes were made (the maker is
+paused with SIGSTOP so A surely holds requests, then SQS is paused while the maker resumes),
+and restarted; consumer B stopped with SIGTERM while its workers wait on a paused maker, and
+restarted.
+
+Each protection, removed in a scratch copy of the code, makes these checks fail:
+- the maker's idempotency (ON CONFLICT DO NOTHING, 200 for a repeat): repeated widget ids and
+  redeliveries get a 500 until they are FAILED: "OK exactly the valid requests", "FAILED
+  exactly the doomed requests", "message ids with two different outcomes";
+- retrying while the maker is down (say, unreachable -> REJECTED): "OK exactly the valid
+  requests", "REJECTED exactly the invalid ids and garbage", "maker outages with retries logged";
+- deleting a request only after its response is sent (deletes flushed first): A's deleted but
+  unanswered requests are lost at the SIGKILL: "every request has a terminal outcome";
+- keeping a request until it is settled (not deleting it on receive): requests in flight at
+  a maker outage or the SIGKILL are lost: "every request has a terminal outcome" and more;
+- the clean stop on SIGTERM: "SIGTERM: consumer stopped cleanly";
+- the dead-letter copy of FAILED requests: "dead-letter queue holds exactly the FAILED ones".
+Handing back unstarted requests with visibility 0 on SIGTERM only saves time (SQS redelivers
+them after the visibility timeout anyway), so no outcome check can tell it is missing.
+
+KNOWN BUG, reported: the "deeply nested JSON" garbage body is a poison message (see
+garbage_bodies); until the consumer rejects it, "every request has a terminal outcome",
+"REJECTED exactly the invalid ids and garbage", "request queue empty, nothing in flight" and
+"no handler errors in the consumers' logs" fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devtools.stack import Process, free_port, run_script, start_consumer, start_maker, start_sqs
+from widgets.messages import FAILED, OK, REJECTED, new_widget_id, request_body
+from widgets.sqs import DEAD_LETTER_QUEUE, REQUEST_QUEUE, RESPONSE_QUEUE, SQSClient, make_client
+
+pytestmark = pytest.mark.e2e
+
+# Short timings; --max-receives is high enough that outages of a few seconds (a retry a
+# second) never exhaust it, so the only FAILED requests are the ones doomed on purpose.
+CONSUMER_ARGS = [
+    "--wait-time", "1", "--visibility-timeout", "4", "--http-timeout", "1",
+    "--retry-delay", "1", "--max-receives", "30",
+]  # fmt: skip
+# The consumer that fails requests on purpose: its maker is gone and it gives up after two
+# receives. --no-create-queues keeps the request queue's redrive policy as the others set it.
+DOOMED_ARGS = [
+    "--wait-time", "1", "--visibility-timeout", "4", "--http-timeout", "1",
+    "--retry-delay", "1", "--max-receives", "2", "--no-create-queues",
+]  # fmt: skip
+# Requests are sent in groups; a fault starts after each group but the first, and the
+# next group is sent while that fault lasts.
+GROUPS = 5
+# How long a maker outage lasts once a consumer has logged a retry for it.
+OUTAGE_SECONDS = 1.5
+SEND_PAUSE = 0.05
+
+
+@dataclass(frozen=True)
+class Size:
+    """How many requests of each kind one chaos run sends, and how long it may take."""
+
+    name: str
+    valid: int
+    invalid: int
+    garbage: int
+    duplicates: int
+    doomed: int
+    per_run: int
+    drain_timeout: float
+    time_limit: float
+
+
+SIZES = {
+    "small": Size("small", 60, 10, 8, 4, 3, per_run=12, drain_timeout=20, time_limit=150),
+    "full": Size("full", 300, 30, 20, 10, 5, per_run=20, drain_timeout=45, time_limit=420),
+}
+CHAOS_SIZE = os.environ.get("CHAOS_SIZE", "small")
+if CHAOS_SIZE not in SIZES:
+    raise ValueError(f"CHAOS_SIZE={CHAOS_SIZE!r}: use one of {', '.join(SIZES)}")
+SIZE = SIZES[CHAOS_SIZE]
+
+# What each kind of request must end as.
+EXPECTED_STATUS = {"valid": OK, "duplicate": OK, "invalid": REJECTED, "garbage": REJECTED, "doomed": FAILED}
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One request that SQS accepted: its message id, what kind it is, and its widget id if any."""
+
+    message_id: str
+    kind: str
+    label: str
+    widget_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Check:
+    """One row of the final table."""
+
+    name: str
+    expected: str
+    actual: str
+    ok: bool
+
+
+@dataclass
+class Ledger:
+    """Everything sent so far, shared by the sender thread and the test."""
+
+    sent: list[Sent] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, item: Sent) -> None:
+        """Record one accepted request."""
+        with self.lock:
+            self.sent.append(item)
+
+    def valid_ids(self) -> list[str]:
+        """Return the widget ids of the valid requests sent so far, oldest first."""
+        with self.lock:
+            return [s.widget_id for s in self.sent if s.kind == "valid" and s.widget_id]
+
+
+class Clock:
+    """Prints the scenario's timeline with seconds since the start."""
+
+    def __init__(self) -> None:
+        """Start the clock."""
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        """Return the seconds since the start."""
+        return time.monotonic() - self.started
+
+    def say(self, text: str) -> None:
+        """Print one timeline line."""
+        print(f"[{self.elapsed():6.1f}s] {text}", flush=True)
+
+
+def invalid_ids(count: int) -> list[tuple[str, str]]:
+    """Return count (label, widget id) pairs that the maker must refuse, of many kinds."""
+
+    def upper() -> str:
+        while (widget_id := new_widget_id()) == widget_id.upper():
+            pass
+        return widget_id.upper()
+
+    kinds: list[tuple[str, Callable[[], str]]] = [
+        ("the seed's invalid id", lambda: "this_is_not_a_valid_widget_id"),
+        ("empty string", lambda: ""),
+        ("version-4 UUID", lambda: str(uuid.uuid4())),
+        ("upper-case v1 UUID", upper),
+        ("v1 UUID without hyphens", lambda: uuid.uuid1().hex),
+        ("v1 UUID in braces", lambda: "{" + new_widget_id() + "}"),
+        ("v1 UUID URN", lambda: uuid.uuid1().urn),
+        ("v1 UUID plus a space", lambda: new_widget_id() + " "),
+        ("300 characters", lambda: "x" * 300),
+        ("SQL", lambda: "'; DROP TABLE widgets; --"),
+        ("non-hex character", lambda: "g" + new_widget_id()[1:]),
+        ("non-ASCII", lambda: "wïdgét-☃-日本-" + new_widget_id()[:8]),
+        ("NUL character", lambda: new_widget_id()[:-1] + "\0"),
+        ("newline and a forged log line", lambda: new_widget_id() + "\nINFO OK message_id=forged"),
+        ("path", lambda: "../../etc/passwd"),
+    ]
+    return [(kinds[i % len(kinds)][0], kinds[i % len(kinds)][1]()) for i in range(count)]
+
+
+def garbage_bodies(count: int) -> list[tuple[str, str, str | None]]:
+    """Return count (label, body, widget id inside) garbage request bodies, the important kinds first."""
+    kinds: list[tuple[str, Callable[[str], str]]] = [
+        ("not JSON", lambda w: f"please make widget {w}"),
+        ("JSON array", lambda w: json.dumps([w])),
+        ("missing WidgetId", lambda w: json.dumps({"widget_id": w})),
+        ("numeric WidgetId", lambda w: '{"WidgetId": 12345}'),
+        ("10 KB body", lambda w: json.dumps({"WidgetId": w, "padding": "x" * 10240})),
+        ("non-ASCII, not JSON", lambda w: "ünïcødé ☃ 日本語 — ¿widget? " + w),
+        # KNOWN BUG: a poison message. json.loads raises RecursionError (not ValueError), which
+        # parse_request lets through; the consumer logs handler_error and the request comes back
+        # after every visibility timeout, never answered, until SQS's redrive moves it to the
+        # dead-letter queue silently. It fails "every request has a terminal outcome", "REJECTED
+        # exactly ...", "request queue empty" and "no handler errors" until parse_request
+        # treats a RecursionError as an InvalidRequest.
+        ("deeply nested JSON", lambda w: "[" * 1500 + "]" * 1500),
+        ("truncated JSON", lambda w: '{"WidgetId": "' + w[:10]),
+        ("JSON string", lambda w: json.dumps(w)),
+        ("JSON null", lambda w: "null"),
+        ("empty object", lambda w: "{}"),
+        ("WidgetId null", lambda w: '{"WidgetId": null}'),
+        ("WidgetId list", lambda w: json.dumps({"WidgetId": [w]})),
+        ("WidgetId object", lambda w: json.dumps({"WidgetId": {"id": w}})),
+        ("WidgetId NaN", lambda w: '{"WidgetId": NaN}'),
+        ("XML", lambda w: f"<WidgetRequest><WidgetId>{w}</WidgetId></WidgetRequest>"),
+        ("whitespace only", lambda w: " \t "),
+        ("JSON true", lambda w: "true"),
+        ("lower-case key", lambda w: json.dumps({"widgetid": w})),
+        ("JSON Lines", lambda w: request_body(w) + "\n" + request_body(new_widget_id())),
+    ]
+    bodies = []
+    for i in range(count):
+        widget_id = new_widget_id()
+        label, make = kinds[i % len(kinds)]
+        body = make(widget_id)
+        bodies.append((label, body, widget_id if widget_id in body else None))
+    return bodies
+
+
+def sqs_client(endpoint: str) -> SQSClient:
+    """Return an SQS client for the local SQS."""
+    return make_client(None, endpoint, max_connections=4)
+
+
+def queue_counts(sqs: SQSClient, url: str) -> tuple[int, int]:
+    """Return (visible, in flight) for a queue."""
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]), int(
+        attributes["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+def wait_drained(sqs: SQSClient, url: str, timeout: float) -> tuple[int, int]:
+    """Wait until a queue holds nothing, visible or in flight; return the last counts seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = queue_counts(sqs, url)
+        if counts == (0, 0) or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.5)
+
+
+def receive_all(sqs: SQSClient, url: str) -> list[dict[str, Any]]:
+    """Receive every message of a queue once (hiding each for ten minutes), attributes included."""
+    messages: list[dict[str, Any]] = []
+    empty = 0
+    while empty < 3:
+        batch = sqs.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=0,
+            VisibilityTimeout=600,
+            MessageAttributeNames=["All"],
+            MessageSystemAttributeNames=["All"],
+        ).get("Messages", [])
+        messages.extend(batch)
+        empty = 0 if batch else empty + 1
+    return messages
+
+
+def new_lines(process: Process, start: int, pattern: str) -> list[str]:
+    """Return the lines a process printed from line index start on that match pattern."""
+    regex = re.compile(pattern)
+    return [line for line in process.lines[start:] if regex.search(line)]
+
+
+def wait_line(processes: Sequence[Process], starts: Sequence[int], pattern: str, timeout: float) -> bool:
+    """Wait until one of processes prints a line matching pattern after its start index."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(new_lines(p, s, pattern) for p, s in zip(processes, starts, strict=True)):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def wait_event(event: threading.Event, sender: Sender, timeout: float, what: str) -> None:
+    """Wait for event, giving up when the sender failed or after timeout."""
+    deadline = time.monotonic() + timeout
+    while not event.wait(0.1):
+        if sender.errors:
+            raise RuntimeError(f"the sender failed before {what}") from sender.errors[0]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout:g}s")
+
+
+class Sender:
+    """Sends the requests in groups from a background thread; group g waits until fault g starts."""
+
+    def __init__(self, endpoint: str, sqs: SQSClient, request_url: str, size: Size, clock: Clock) -> None:
+        """Plan the groups: producer runs for the valid requests, boto3 sends for the rest."""
+        self.endpoint = endpoint
+        self.sqs = sqs
+        self.request_url = request_url
+        self.clock = clock
+        self.ledger = Ledger()
+        self.fault_started = [threading.Event() for _ in range(GROUPS)]
+        self.group_started = [threading.Event() for _ in range(GROUPS)]
+        self.done = threading.Event()
+        self.abort = threading.Event()
+        self.errors: list[BaseException] = []
+        self.plan: list[list[tuple[str, Any]]] = [[] for _ in range(GROUPS)]
+        extras: list[tuple[str, Any]] = [("invalid", pair) for pair in invalid_ids(size.invalid)]
+        extras += [("garbage", triple) for triple in garbage_bodies(size.garbage)]
+        extras += [("duplicate", n) for n in range(size.duplicates)]
+        # Spread the extras over the groups, interleaved with the producer runs.
+        extras = [extras[i] for i in sorted(range(len(extras)), key=lambda i: (i * 7919) % len(extras))]
+        runs_per_group = size.valid // GROUPS // size.per_run
+        assert runs_per_group * size.per_run * GROUPS == size.valid, "valid must split into whole runs"
+        for g in range(GROUPS):
+            share = extras[g::GROUPS]
+            step = max(1, -(-len(share) // runs_per_group))
+            for r in range(runs_per_group):
+                self.plan[g].append(("produce", size.per_run))
+                self.plan[g].extend(share[r * step : (r + 1) * step])
+        # One invalid id goes through the producer script, as a user would send it.
+        self.plan[0].insert(
+            1, ("produce-id", ("the seed's invalid id, by the producer", "this_is_not_a_valid_widget_id"))
+        )
+        self.thread = threading.Thread(target=self._run, name="sender", daemon=True)
+
+    def start(self) -> None:
+        """Start sending; group 0 goes at once."""
+        self.fault_started[0].set()
+        self.thread.start()
+
+    def produce(self, args: Sequence[str]) -> list[tuple[str, str]]:
+        """Run the producer script; return the (message id, widget id) pairs it printed."""
+        result = run_script("widget_producer.py", ["--endpoint-url", self.endpoint, *args], timeout=60)
+        if result.returncode != 0:
+            raise RuntimeError(f"producer {args} failed ({result.returncode}):\n{result.stderr}")
+        pairs = []
+        for line in result.stdout.splitlines():
+            message_id, _, widget_id = line.partition(" ")
+            pairs.append((message_id, widget_id))
+        return pairs
+
+    def raw(self, body: str) -> str:
+        """Send one body with boto3; return its message id."""
+        return str(self.sqs.send_message(QueueUrl=self.request_url, MessageBody=body)["MessageId"])
+
+    def send(self, kind: str, detail: Any) -> None:
+        """Send one planned item and record what SQS accepted."""
+        if kind == "produce":
+            pairs = self.produce(["--count", str(detail)])
+            if len(pairs) != detail:
+                raise RuntimeError(f"the producer sent {len(pairs)} of {detail} requests")
+            for message_id, widget_id in pairs:
+                self.ledger.add(Sent(message_id, "valid", "valid", widget_id))
+        elif kind == "produce-id":
+            label, widget_id = detail
+            ((message_id, _),) = self.produce([f"--widget-id={widget_id}"])
+            self.ledger.add(Sent(message_id, "invalid", label, widget_id))
+        elif kind == "invalid":
+            label, widget_id = detail
+            self.ledger.add(Sent(self.raw(request_body(widget_id)), "invalid", label, widget_id))
+        elif kind == "garbage":
+            label, body, widget_id = detail
+            self.ledger.add(Sent(self.raw(body), "garbage", label, widget_id))
+        elif kind == "duplicate":
+            # Alternate between the newest valid id (its first request may still be in flight:
+            # two consumers POST the same widget at once) and an old one (made long ago).
+            ids = self.ledger.valid_ids()
+            widget_id = ids[-1] if detail % 2 == 0 else ids[len(ids) // 3]
+            self.ledger.add(Sent(self.raw(request_body(widget_id)), "duplicate", "same widget id", widget_id))
+
+    def _run(self) -> None:
+        """Send every group, each after its fault started; record any error."""
+        try:
+            for g, items in enumerate(self.plan):
+                while not self.fault_started[g].wait(0.1):
+                    if self.abort.is_set():
+                        return
+                for kind, detail in items:
+                    self.send(kind, detail)
+                    self.group_started[g].set()
+                    time.sleep(SEND_PAUSE)
+                self.clock.say(f"sender: group {g} sent ({len(self.ledger.sent)} requests so far)")
+        except Exception as exc:
+            self.errors.append(exc)
+        finally:
+            self.done.set()
+
+
+class Stack:
+    """The processes of one run, so they can be replaced and all stopped at the end."""
+
+    def __init__(self) -> None:
+        """Start with no processes."""
+        self.processes: list[Process] = []
+
+    def add(self, process: Process) -> Process:
+        """Keep a process to stop at the end; return it."""
+        self.processes.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        """Stop every process still running, newest first."""
+        for process in reversed(self.processes):
+            if process.running():
+                process.signal(signal.SIGCONT)  # a paused process would not see the SIGTERM
+                process.stop(timeout=10)
+
+    def log_lines(self, pattern: str) -> Iterator[str]:
+        """Yield the lines of every process but the SQS matching pattern, with the process name."""
+        for process in self.processes:
+            if process.name != "sqs":
+                for line in new_lines(process, 0, pattern):
+                    yield f"{process.name}: {line}"
+
+
+def fmt(items: Sequence[str], limit: int = 3) -> str:
+    """Return up to limit items joined, with how many more there are."""
+    shown = ", ".join(items[:limit])
+    return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def print_table(checks: Sequence[Check]) -> None:
+    """Print the checks as a table."""
+    rows = [("check", "expected", "actual", "pass")]
+    rows += [(c.name, c.expected, c.actual, "yes" if c.ok else "NO") for c in checks]
+    widths = [min(60, max(len(row[i]) for row in rows)) for i in range(3)]
+    print()
+    for n, row in enumerate(rows):
+        cells = [row[i][: widths[i]].ljust(widths[i]) for i in range(3)]
+        print(" | ".join([*cells, row[3]]))
+        if n == 0:
+            print("-+-".join(["-" * w for w in widths] + ["----"]))
+    print(flush=True)
+
+
+def outcome_checks(
+    sent: Sequence[Sent], responses: Sequence[dict[str, Any]], dead: Sequence[dict[str, Any]], db: Path
+) -> list[Check]:
+    """Compare what was sent with the responses, the dead-letter queue and the maker's database."""
+    checks: list[Check] = []
+    by_id = {s.message_id: s for s in sent}
+    statuses: dict[str, set[str]] = defaultdict(set)
+    first: dict[str, dict[str, Any]] = {}
+    copies: Counter[str] = Counter()
+    unreadable = 0
+    for message in responses:
+        try:
+            response = json.loads(message["Body"])
+            message_id = response["MessageId"]
+        except (ValueError, KeyError, TypeError):
+            unreadable += 1
+            continue
+        statuses[message_id].add(response.get("Status"))
+        first.setdefault(message_id, response)
+        copies[message_id] += 1
+
+    missing = [f"{by_id[m].kind} {by_id[m].label!r}" for m in by_id if m not in statuses]
+    checks.append(
+        Check(
+            "every request has a terminal outcome",
+            f"{len(by_id)} of {len(by_id)}",
+            f"{len(by_id) - len(missing)} of {len(by_id)}"
+            + (f"; missing: {fmt(missing)}" if missing else ""),
+            not missing,
+        )
+    )
+    unknown = [m for m in statuses if m not in by_id]
+    not_terminal = [m for m, s in statuses.items() if not s <= {OK, REJECTED, FAILED}]
+    odd = len(unknown) + len(not_terminal) + unreadable
+    checks.append(Check("responses unreadable, unknown or not terminal", "0", str(odd), not odd))
+    conflicting = [f"{m}: {sorted(s)}" for m, s in statuses.items() if len(s) > 1]
+    checks.append(
+        Check("message ids with two different outcomes", "0", fmt(conflicting) or "0", not conflicting)
+    )
+    repeated = sum(n - 1 for n in copies.values())
+    checks.append(
+        Check(
+            "duplicate responses (same id, collapsed)",
+            "any",
+            f"{repeated} extra copies of {sum(1 for n in copies.values() if n > 1)} ids",
+            True,
+        )
+    )
+
+    def status_check(name: str, status: str) -> None:
+        expected = {m for m, s in by_id.items() if EXPECTED_STATUS[s.kind] == status}
+        actual = {m for m, s in statuses.items() if status in s and m in by_id}
+        wrong = [f"{by_id[m].kind} {by_id[m].label!r} -> {sorted(statuses[m])}" for m in actual - expected]
+        absent = [
+            f"{by_id[m].kind} {by_id[m].label!r} -> {sorted(statuses[m]) or 'none'}"
+            for m in expected - actual
+        ]
+        detail = "; ".join(part for part in (fmt(wrong), fmt(absent)) if part)
+        checks.append(
+            Check(
+                name,
+                str(len(expected)),
+                f"{len(actual)}" + (f" ({detail})" if detail else ""),
+                actual == expected,
+            )
+        )
+
+    status_check("OK exactly the valid requests (duplicates too)", OK)
+    status_check("REJECTED exactly the invalid ids and garbage", REJECTED)
+    status_check("FAILED exactly the doomed requests", FAILED)
+
+    wrong_widget = [
+        m
+        for m, s in by_id.items()
+        if s.kind in ("valid", "duplicate")
+        and first.get(m, {}).get("Status") == OK
+        and (
+            first[m].get("WidgetId") != s.widget_id
+            or (first[m].get("Widget") or {}).get("widget_id") != s.widget_id
+        )
+    ]
+    checks.append(
+        Check(
+            "OK responses name the requested widget",
+            "0 wrong",
+            f"{len(wrong_widget)} wrong",
+            not wrong_widget,
+        )
+    )
+
+    # The maker's database, read directly.
+    with closing(sqlite3.connect(db)) as connection:
+        rows = connection.execute("SELECT widget_id, idempotency_key FROM widgets").fetchall()
+    rows_per_widget = Counter(row[0] for row in rows)
+    wanted = {s.widget_id for s in sent if s.kind in ("valid", "duplicate") and s.widget_id}
+    once = sum(1 for w in wanted if rows_per_widget[w] == 1)
+    checks.append(
+        Check(
+            "every valid widget exists exactly once in the maker",
+            str(len(wanted)),
+            str(once),
+            once == len(wanted),
+        )
+    )
+    extra = [w for w in rows_per_widget if w not in wanted]
+    never = [
+        f"{s.kind} {s.label!r}" for s in sent if s.widget_id in extra and s.kind not in ("valid", "duplicate")
+    ]
+    checks.append(
+        Check(
+            "widgets that no valid request asked for",
+            "0",
+            f"{len(extra)}" + (f" ({fmt(never)})" if never else ""),
+            not extra,
+        )
+    )
+    requesters: dict[str, set[str]] = defaultdict(set)
+    for s in sent:
+        if s.widget_id:
+            requesters[s.widget_id].add(s.message_id)
+    foreign = [w for w, key in rows if w in wanted and key not in requesters[w]]
+    checks.append(
+        Check(
+            "each widget's idempotency key is a request for it",
+            "0 foreign",
+            f"{len(foreign)} foreign",
+            not foreign,
+        )
+    )
+
+    # The dead-letter queue, by the OriginalMessageId the consumer puts on each copy.
+    failed = {m for m, s in statuses.items() if FAILED in s}
+    originals: Counter[str] = Counter()
+    silent: list[str] = []
+    incomplete = 0
+    for message in dead:
+        attributes = message.get("MessageAttributes", {})
+        original = attributes.get("OriginalMessageId", {}).get("StringValue")
+        if original is None:
+            # SQS's own redrive moved it: no response, no reason.
+            silent.append(
+                f"{message['MessageId']} ({by_id[message['MessageId']].label!r})"
+                if message["MessageId"] in by_id
+                else message["MessageId"]
+            )
+            continue
+        originals[original] += 1
+        request = by_id.get(original)
+        try:
+            copied = json.loads(message.get("Body", "")).get("WidgetId")
+        except (ValueError, AttributeError):
+            copied = None
+        if (
+            "FailureReason" not in attributes
+            or "ReceiveCount" not in attributes
+            or request is None
+            or copied != request.widget_id
+        ):
+            incomplete += 1
+    checks.append(
+        Check(
+            "dead-letter queue holds exactly the FAILED ones",
+            f"{len(failed)} ids",
+            f"{len(set(originals))} ids"
+            + ("" if set(originals) == failed else f" (differ: {fmt(sorted(set(originals) ^ failed))})"),
+            set(originals) == failed,
+        )
+    )
+    checks.append(
+        Check(
+            "dead letters without OriginalMessageId (SQS redrive)",
+            "0",
+            str(len(silent)) + (f" ({fmt(silent)})" if silent else ""),
+            not silent,
+        )
+    )
+    checks.append(
+        Check(
+            "dead letters: request body, FailureReason, ReceiveCount",
+            str(sum(originals.values())),
+            str(sum(originals.values()) - incomplete),
+            incomplete == 0,
+        )
+    )
+    return checks
+
+
+def run_chaos(size: Size, tmp: Path) -> tuple[list[Check], Stack]:
+    """Run the whole scenario at the given size; return the checks and the processes' logs."""
+    clock = Clock()
+    stack = Stack()
+    db = tmp / "widgets.db"
+    checks: list[Check] = []
+    senders: list[Sender] = []
+    try:
+        sqs_process, endpoint = start_sqs()
+        stack.add(sqs_process)
+        maker_port = free_port()
+        maker, base = start_maker(db, port=maker_port)
+        stack.add(maker)
+        maker_url = f"{base}/add"
+        first = stack.add(start_consumer(endpoint, maker_url, CONSUMER_ARGS, name="consumer-A"))
+        second = stack.add(start_consumer(endpoint, maker_url, CONSUMER_ARGS, name="consumer-B"))
+        sqs = sqs_client(endpoint)
+        request_url = sqs.get_queue_url(QueueName=REQUEST_QUEUE)["QueueUrl"]
+        response_url = sqs.get_queue_url(QueueName=RESPONSE_QUEUE)["QueueUrl"]
+        dead_url = sqs.get_queue_url(QueueName=DEAD_LETTER_QUEUE)["QueueUrl"]
+        clock.say(f"started: sqs {endpoint}, maker {base}, consumers A and B ({' '.join(CONSUMER_ARGS)})")
+
+        sender = Sender(endpoint, sqs, request_url, size, clock)
+        senders.append(sender)
+        sender.start()
+        consumers = [first, second]
+
+        def outage(number: int, group: int) -> bool:
+            """Stop the maker, let the next group arrive, restart it once a retry was logged."""
+            nonlocal maker
+            wait_event(sender.group_started[group - 1], sender, 120, f"group {group - 1}")
+            starts = [len(c.lines) for c in consumers]
+            maker.stop()
+            clock.say(f"fault {group}: maker stopped (outage {number})")
+            sender.fault_started[group].set()
+            retried = wait_line(consumers, starts, r" RETRY .*maker unreachable", timeout=20)
+            time.sleep(OUTAGE_SECONDS)
+            maker, _ = start_maker(db, port=maker_port)
+            stack.add(maker)
+            clock.say(f"fault {group}: maker restarted (retries seen during the outage: {retried})")
+            return retried
+
+        def freeze_maker(group: int) -> int:
+            """Pause the maker (SIGSTOP) and let the next group arrive; return the requests in flight."""
+            wait_event(sender.group_started[group - 1], sender, 120, f"group {group - 1}")
+            maker.signal(signal.SIGSTOP)
+            sender.fault_started[group].set()
+            wait_event(sender.group_started[group], sender, 60, f"group {group}")
+            # The consumers' workers now wait on the paused maker, their look-ahead batches unstarted.
+            time.sleep(0.5)
+            return queue_counts(sqs, request_url)[1]
+
+        retried_first = outage(1, 1)
+
+        # Consumer A is killed between the maker's answers and the SQS writes about them: the
+        # maker pauses so A surely holds requests, then SQS pauses and the maker resumes, so A
+        # gets its answers (the widgets are made) but its responses and deletes wait on SQS.
+        # Whatever A had written reaches SQS when it resumes; the rest is redelivered after
+        # the visibility timeout and must end the same way, without a second widget.
+        in_flight = freeze_maker(2)
+        sqs_process.signal(signal.SIGSTOP)
+        unwritten_from = len(first.lines)
+        maker.signal(signal.SIGCONT)
+        time.sleep(0.5)
+        first.kill()
+        sqs_process.signal(signal.SIGCONT)
+        unwritten = [
+            m.group(1)
+            for line in first.lines[unwritten_from:]
+            if (m := re.search(r" message_id=(\S+)", line))
+        ]
+        clock.say(
+            f"fault 2: consumer A killed with SIGKILL ({in_flight} requests in flight, "
+            f"{len(unwritten)} outcomes not yet written to SQS)"
+        )
+        first = stack.add(start_consumer(endpoint, maker_url, CONSUMER_ARGS, name="consumer-A2"))
+        consumers[0] = first
+        clock.say("fault 2: consumer A2 started")
+
+        retried_second = outage(2, 3)
+
+        # Again with the maker paused, so consumer B holds requests both started and unstarted.
+        freeze_maker(4)
+        terminated_at = time.monotonic()
+        second.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        maker.signal(signal.SIGCONT)
+        try:
+            term_code: int | None = second.popen.wait(15)
+        except subprocess.TimeoutExpired:
+            term_code = None
+        term_seconds = time.monotonic() - terminated_at
+        clock.say(f"fault 4: consumer B stopped with SIGTERM: exit {term_code} after {term_seconds:.1f}s")
+        try:
+            second.wait_for(r"widget_consumer INFO stopped$", timeout=5)
+            said_stopped = True
+        except (RuntimeError, TimeoutError):
+            said_stopped = False
+        term_clean = term_code == 0 and said_stopped and not new_lines(second, 0, r"SQS writes not made")
+        second = stack.add(start_consumer(endpoint, maker_url, CONSUMER_ARGS, name="consumer-B2"))
+        consumers[1] = second
+        clock.say("fault 4: consumer B2 started")
+
+        wait_event(sender.done, sender, 300, "the end of sending")
+        if sender.errors:
+            raise RuntimeError("the sender failed") from sender.errors[0]
+        clock.say(f"all {len(sender.ledger.sent)} requests sent; waiting for the request queue to drain")
+        drained = wait_drained(sqs, request_url, size.drain_timeout)
+        clock.say(f"request queue: {drained[0]} visible, {drained[1]} in flight")
+        end_codes = {c.name: c.stop() for c in consumers}
+        clock.say(f"consumers stopped: {end_codes}")
+
+        # Requests that must end FAILED: a consumer whose maker is gone gives up after two receives.
+        doomed = stack.add(
+            start_consumer(endpoint, f"http://127.0.0.1:{free_port()}/add", DOOMED_ARGS, name="consumer-F")
+        )
+        for message_id, widget_id in sender.produce(["--count", str(size.doomed)]):
+            sender.ledger.add(Sent(message_id, "doomed", "doomed (maker gone)", widget_id))
+        clock.say(f"sent {size.doomed} doomed requests to consumer F (maker unreachable, --max-receives 2)")
+        wait_drained(sqs, request_url, max(10.0, size.drain_timeout / 2))
+        end_codes[doomed.name] = doomed.stop()
+        maker.stop()
+        final_counts = queue_counts(sqs, request_url)
+        clock.say(f"everything stopped; request queue {final_counts[0]} visible, {final_counts[1]} in flight")
+
+        responses = receive_all(sqs, response_url)
+        dead = receive_all(sqs, dead_url)
+        sent = sender.ledger.sent
+        kinds = Counter(s.kind for s in sent)
+        print(
+            f"\nchaos ({size.name}): {len(sent)} requests: {kinds['valid']} valid, {kinds['duplicate']} "
+            f"repeating a valid widget id, {kinds['invalid']} invalid ids, {kinds['garbage']} garbage "
+            f"bodies, {kinds['doomed']} doomed; {len(responses)} responses, {len(dead)} dead letters; "
+            f"{clock.elapsed():.0f}s"
+        )
+        checks = outcome_checks(sent, responses, dead, db)
+        checks.append(
+            Check(
+                "request queue empty, nothing in flight",
+                "0 visible, 0 in flight",
+                f"{final_counts[0]} visible, {final_counts[1]} in flight",
+                final_counts == (0, 0),
+            )
+        )
+        errors = list(stack.log_lines(r" (handler_error|not_settled) "))
+        checks.append(Check("no handler errors in the consumers' logs", "0", str(len(errors)), not errors))
+        checks.append(Check("SIGKILL: requests in flight at the kill", "> 0", str(in_flight), in_flight > 0))
+        checks.append(
+            Check(
+                "SIGKILL: outcomes decided, not yet written to SQS",
+                "> 0",
+                str(len(unwritten)),
+                bool(unwritten),
+            )
+        )
+        repeats = sum(len(new_lines(p, 0, r" widget_exists ")) for p in stack.processes if p.name == "maker")
+        checks.append(
+            Check(
+                "repeated POSTs answered with the stored widget",
+                f">= {size.duplicates}",
+                str(repeats),
+                repeats >= size.duplicates,
+            )
+        )
+        checks.append(
+            Check(
+                "maker outages with retries logged",
+                "2 of 2",
+                f"{int(retried_first) + int(retried_second)} of 2",
+                retried_first and retried_second,
+            )
+        )
+        redelivered = sum(
+            1
+            for m in responses
+            if json.loads(m["Body"]).get("Status") == OK and json.loads(m["Body"]).get("ReceiveCount", 1) > 1
+        )
+        checks.append(
+            Check("OK after a redelivery (outage, SIGKILL)", "> 0", str(redelivered), redelivered > 0)
+        )
+        checks.append(
+            Check(
+                "SIGTERM: consumer stopped cleanly",
+                "exit 0, 'stopped', all writes made",
+                f"exit {term_code} after {term_seconds:.1f}s" + ("" if term_clean else ", not clean"),
+                term_clean,
+            )
+        )
+        unclean = {name: code for name, code in end_codes.items() if code != 0}
+        checks.append(
+            Check(
+                "consumers stopped cleanly at the end",
+                "all exit 0",
+                str(unclean or "all exit 0"),
+                not unclean,
+            )
+        )
+        return checks, stack
+    finally:
+        for sender in senders:
+            sender.abort.set()
+        stack.stop_all()
+
+
+@pytest.mark.parametrize(
+    "size", [pytest.param(SIZE, id=SIZE.name, marks=pytest.mark.timeout(SIZE.time_limit))]
+)
+def test_chaos(size: Size, tmp_path: Path) -> None:
+    """Faults while requests flow: every request ends exactly once, every valid widget exists exactly once."""
+    started = time.monotonic()
+    checks, stack = run_chaos(size, tmp_path)
+    print_table(checks)
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        # Each distinct problem the logs show, once, with how often it happened.
+        seen: Counter[str] = Counter()
+        for line in stack.log_lines(r"ERROR|WARNING|Error:|Exception"):
+            if "waitress.queue" not in line:  # the maker's busy moments: expected here
+                seen[re.sub(r"^(\S+: )\d{4}-\d\d-\d\d [\d:,]+ ", r"\1", line)] += 1
+        for line, times in list(seen.items())[:30]:
+            print(f"{times:4d} x {line}")
+    print(f"chaos ({size.name}) took {time.monotonic() - started:.1f}s")
+    assert not failed, f"chaos checks failed: {failed}"
