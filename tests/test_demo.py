@@ -1,0 +1,31 @@
+"""`make demo` must keep working: run the tour as a newcomer would and check its summary."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from devtools.stack import ROOT, script_env
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_demo_shows_every_outcome() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "devtools.demo"],
+        cwd=ROOT,
+        env=script_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "REJECTED this_is_not_a_valid_widget_id receive_count=1" in out
+    assert "RETRY" in out and "receive_count=2" in out
+    assert "FailureReason=" in out
+    assert "OK       5" in out and "REJECTED 1" in out and "FAILED   1" in out
+    assert "every request ended as it should" in out
