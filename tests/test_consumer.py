@@ -233,18 +233,22 @@ def outbox_holding_answers(sqs: Any, queues: QueueUrls, count: int) -> Outbox:
     return outbox
 
 
-def test_outbox_keeps_what_sqs_refused(sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch) -> None:
-    outbox = outbox_holding_answers(sqs, queues, 3)
+def refusing_the_first(call: Any) -> Any:
+    """Wrap a batch call so SQS refuses its first entry (an internal error) and does the rest."""
 
-    real_delete = sqs.delete_message_batch
-
-    def delete_all_but_first(**kwargs: Any) -> Any:
+    def refuse(**kwargs: Any) -> Any:
         entries = kwargs["Entries"]
-        answer = real_delete(QueueUrl=kwargs["QueueUrl"], Entries=entries[1:])
+        answer = call(QueueUrl=kwargs["QueueUrl"], Entries=entries[1:])
         answer["Failed"] = [{"Id": entries[0]["Id"], "SenderFault": False, "Code": "InternalError"}]
         return answer
 
-    monkeypatch.setattr(sqs, "delete_message_batch", delete_all_but_first)
+    return refuse
+
+
+def test_outbox_keeps_what_sqs_refused(sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch) -> None:
+    outbox = outbox_holding_answers(sqs, queues, 3)
+    real_delete = sqs.delete_message_batch
+    monkeypatch.setattr(sqs, "delete_message_batch", refusing_the_first(real_delete))
     assert outbox.flush() > 0  # a pause before trying the refused entry again
     assert outbox.pending() == 1  # the refused delete waits for the next flush
     assert depth(sqs, queues.request) == (0, 1)
@@ -279,15 +283,7 @@ def test_partial_response_batch_failure_keeps_the_request(
     sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     outbox = outbox_holding_answers(sqs, queues, 2)
-    real_send = sqs.send_message_batch
-
-    def send_only_second(**kwargs: Any) -> Any:
-        entries = kwargs["Entries"]
-        answer = real_send(QueueUrl=kwargs["QueueUrl"], Entries=entries[1:])
-        answer["Failed"] = [{"Id": entries[0]["Id"], "SenderFault": False, "Code": "InternalError"}]
-        return answer
-
-    monkeypatch.setattr(sqs, "send_message_batch", send_only_second)
+    monkeypatch.setattr(sqs, "send_message_batch", refusing_the_first(sqs.send_message_batch))
     outbox.flush()
     assert depth(sqs, queues.request) == (0, 1)  # the one without a response is not deleted
     monkeypatch.undo()

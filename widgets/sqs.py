@@ -114,7 +114,7 @@ def describe_error(error: Exception, client: SQSClient | None = None, queue: str
         message = error.response.get("Error", {}).get("Message", "")
         if code in MISSING_QUEUE_CODES:
             name = f"queue {queue}" if queue else "the queue"
-            return f"{name} does not exist at {where}"
+            return f"{name} does not exist at {where} (the consumer creates the queues when it starts)"
         if code in CREDENTIAL_CODES:
             return f"SQS at {where} refused the credentials ({code}): {message}"
         return f"SQS at {where} answered {code}: {message}"
