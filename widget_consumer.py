@@ -654,6 +654,15 @@ class Consumer:
         return f"summary {counts} rate={rate:.1f}/s over {elapsed:.0f}s"
 
 
+def warn_if_maker_is_down(http: requests.Session, maker_url: str) -> None:
+    """Say at start when the maker does not answer, rather than leave it to a stream of retries."""
+    url = urlparse(maker_url)
+    try:
+        http.get(f"{url.scheme}://{url.netloc}/healthz", timeout=2)
+    except requests.RequestException:
+        log.warning("maker_unreachable at %s: requests will be retried until it answers", maker_url)
+
+
 def install_signal_handlers() -> list[int]:
     """Note the first SIGINT or SIGTERM in the list returned; exit at once on the second.
 
@@ -812,6 +821,7 @@ def main(
     else:
         urls = find_queues(sqs, *names)
     consumer = Consumer(sqs, urls, settings)
+    warn_if_maker_is_down(consumer.http, maker_url)
     signals = install_signal_handlers()
     log.info(
         "consuming %s at %s -> %s (workers=%d max_receives=%d retry_delay=%ds backoff=%s)",

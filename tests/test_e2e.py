@@ -221,3 +221,9 @@ def test_producer_to_an_unreachable_endpoint_claims_nothing(stack: Stack) -> Non
     assert result.stdout == ""
     assert "cannot reach SQS at" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_consumer_warns_at_start_when_the_maker_is_down(stack: Stack) -> None:
+    stack.maker.stop()
+    consumer = stack.consumer()
+    assert "maker_unreachable at" in consumer.output()
