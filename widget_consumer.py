@@ -31,6 +31,7 @@ from widgets.cli import CONTEXT_SETTINGS, sqs_options
 from widgets.logs import FORMATS, LEVELS, configure_logging, printable
 from widgets.messages import (
     FAILED,
+    MAX_REASON_CHARS,
     OK,
     REJECTED,
     RETRY,
@@ -44,6 +45,7 @@ from widgets.sqs import (
     QueueUrls,
     SQSClient,
     batches,
+    delete_batch,
     describe_error,
     ensure_queues,
     find_queues,
@@ -216,7 +218,7 @@ def dead_letter_attributes(message: Received, reason: str) -> dict[str, Any]:
     """Return the message attributes of a request's dead-letter copy: its own plus why it failed."""
     own = {k: v for k, v in message.attributes.items() if k not in DEAD_LETTER_ATTRIBUTES}
     attributes = dict(list(own.items())[:MAX_COPIED_ATTRIBUTES])
-    attributes["FailureReason"] = {"DataType": "String", "StringValue": reason[:1000]}
+    attributes["FailureReason"] = {"DataType": "String", "StringValue": reason[:MAX_REASON_CHARS]}
     attributes["ReceiveCount"] = {"DataType": "Number", "StringValue": str(message.receive_count)}
     attributes["OriginalMessageId"] = {"DataType": "String", "StringValue": message.message_id}
     return attributes
@@ -370,10 +372,7 @@ class Outbox:
 
     def _delete(self, chunk: list[Received]) -> None:
         """Delete up to ten answered requests; keep those SQS could not delete just now."""
-        answer = self.sqs.delete_message_batch(
-            QueueUrl=self.urls.request,
-            Entries=[{"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(chunk)],
-        )
+        answer = delete_batch(self.sqs, self.urls.request, [m.receipt_handle for m in chunk])
         for failure in answer.get("Failed", []):
             message = chunk[int(failure["Id"])]
             if failure.get("SenderFault"):

@@ -14,7 +14,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from widgets.cli import CONTEXT_SETTINGS, sqs_options
 from widgets.messages import OK, describe_response, new_widget_id, parse_response, request_body
-from widgets.sqs import MAX_BATCH, SQSClient, batches, describe_error, make_client, queue_url, release
+from widgets.sqs import (
+    MAX_BATCH,
+    SQSClient,
+    batches,
+    delete_batch,
+    describe_error,
+    make_client,
+    queue_url,
+    release,
+)
 
 # Batches in flight at once for a large --count; more buys little against one SQS endpoint.
 SEND_THREADS = 8
@@ -112,18 +121,16 @@ def wait_for_responses(
             ).get("Messages", [])
             mine = []
             for message in messages:
-                request_id = parse_response(message["Body"]).get("MessageId")
+                response = parse_response(message["Body"])
+                request_id = response.get("MessageId")
                 if request_id in waiting or request_id in found:  # found: a duplicate response
-                    found.setdefault(request_id, parse_response(message["Body"]))
+                    found.setdefault(request_id, response)
                     waiting.discard(request_id)
                     mine.append(message)
                 else:
                     others[message["MessageId"]] = message["ReceiptHandle"]
             if mine:
-                sqs.delete_message_batch(
-                    QueueUrl=url,
-                    Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(mine)],
-                )
+                delete_batch(sqs, url, [m["ReceiptHandle"] for m in mine])
     finally:
         release(sqs, url, others.values())
     return found

@@ -22,6 +22,7 @@ from widgets.sqs import (
     MAX_BATCH,
     MISSING_QUEUE_CODES,
     SQSClient,
+    delete_batch,
     describe_error,
     make_client,
     queue_url,
@@ -170,10 +171,7 @@ def move_batch(
     sent = [messages[int(entry["Id"])] for entry in answer.get("Successful", [])]
     if not sent:
         return result
-    deleted = sqs.delete_message_batch(
-        QueueUrl=source_url,
-        Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(sent)],
-    )
+    deleted = delete_batch(sqs, source_url, [m["ReceiptHandle"] for m in sent])
     for failure in deleted.get("Failed", []):
         result.not_deleted.append((sent[int(failure["Id"])]["MessageId"], failure_reason(failure)))
     result.moved = len(sent)
@@ -247,12 +245,7 @@ def read_responses(
             result.read += new
             if delete and messages:
                 # Seen ones too: a second delivery of a response printed is what was printed.
-                answer = sqs.delete_message_batch(
-                    QueueUrl=url,
-                    Entries=[
-                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
-                    ],
-                )
+                answer = delete_batch(sqs, url, [m["ReceiptHandle"] for m in messages])
                 for failure in answer.get("Failed", []):
                     message_id = messages[int(failure["Id"])]["MessageId"]
                     result.not_deleted.append((message_id, failure_reason(failure)))

@@ -37,7 +37,7 @@ from devtools.stack import Process, start_consumer, start_maker, start_sqs
 from widget_consumer import Settings
 from widget_producer import SEND_THREADS, send_requests
 from widgets.messages import OK, new_widget_id, parse_request, request_body, response_body
-from widgets.sqs import MAX_BATCH, QueueUrls, SQSClient, ensure_queues, make_client
+from widgets.sqs import MAX_BATCH, QueueUrls, SQSClient, delete_batch, ensure_queues, make_client
 
 TARGET_CONSUMER_RAW = 0.8  # consumer/raw at least
 TARGET_CONSUMER_SEED = 10.0  # consumer/one-at-a-time at least
@@ -134,10 +134,7 @@ def drain_raw(sqs: SQSClient, url: str, count: int) -> int:
         ).get("Messages", [])
         if not messages:
             raise RuntimeError(f"raw drain: the queue ran dry after {done} of {count}")
-        answer = sqs.delete_message_batch(
-            QueueUrl=url,
-            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
-        )
+        answer = delete_batch(sqs, url, [m["ReceiptHandle"] for m in messages])
         if answer.get("Failed"):
             raise RuntimeError(f"raw drain: deletes refused: {answer['Failed']}")
         done += len(messages)
@@ -160,10 +157,7 @@ def drain_raw_respond(sqs: SQSClient, urls: QueueUrls, count: int) -> int:
                 for i, m in enumerate(messages)
             ],
         )
-        sqs.delete_message_batch(
-            QueueUrl=urls.request,
-            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
-        )
+        delete_batch(sqs, urls.request, [m["ReceiptHandle"] for m in messages])
         done += len(messages)
     return done
 

@@ -21,6 +21,7 @@ from widget_consumer import (
     make_http_session,
     retry_delay,
 )
+from widget_producer import send_requests
 from widgets.messages import FAILED, OK, REJECTED, RETRY, request_body
 from widgets.sqs import QueueUrls
 
@@ -304,11 +305,7 @@ def run_until(condition: Any, timeout: float = 10) -> None:
 def test_consumer_drains_the_queue_concurrently(
     sqs: Any, queues: QueueUrls, maker_url: str, app: Any
 ) -> None:
-    for _batch in range(3):
-        sqs.send_message_batch(
-            QueueUrl=queues.request,
-            Entries=[{"Id": str(n), "MessageBody": request_body(str(uuid.uuid1()))} for n in range(10)],
-        )
+    send_requests(sqs, queues.request, [str(uuid.uuid1()) for _ in range(30)])
     sqs.send_message(QueueUrl=queues.request, MessageBody="garbage")
     consumer = Consumer(sqs, queues, Settings(maker_url=maker_url, wait_time=0, workers=4))
     consumer.start()
@@ -328,10 +325,7 @@ def test_stop_finishes_held_messages_and_hands_back_the_rest(
 ) -> None:
     script, url = scripted_maker
     script.delay = 0.5
-    sqs.send_message_batch(
-        QueueUrl=queues.request,
-        Entries=[{"Id": str(n), "MessageBody": request_body(VALID_ID)} for n in range(6)],
-    )
+    send_requests(sqs, queues.request, [VALID_ID] * 6)
     consumer = Consumer(sqs, queues, Settings(maker_url=url, wait_time=0, workers=1, batch_size=6))
     consumer.start()
     run_until(lambda: len(script.requests) == 1)
@@ -458,10 +452,7 @@ def test_message_near_its_visibility_end_is_handed_back(
 ) -> None:
     script, url = scripted_maker
     script.delay = 1.2
-    sqs.send_message_batch(
-        QueueUrl=queues.request,
-        Entries=[{"Id": str(n), "MessageBody": request_body(VALID_ID)} for n in range(2)],
-    )
+    send_requests(sqs, queues.request, [VALID_ID] * 2)
     # One worker and a 1.2 s maker: the second message of the batch waits 1.2 s, after which a
     # 1.5 s call could outlast its 3 s visibility. It is handed back, not raced.
     settings = Settings(maker_url=url, wait_time=0, workers=1, http_timeout=1.5, visibility_timeout=3)

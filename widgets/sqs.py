@@ -24,6 +24,7 @@ from botocore.exceptions import (
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import DeleteMessageBatchResultTypeDef
 else:
     SQSClient = Any
 
@@ -167,6 +168,13 @@ def batches(items: list[Any], size: int = MAX_BATCH) -> Iterator[list[Any]]:
     """Yield consecutive slices of items of at most size entries."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def delete_batch(client: SQSClient, url: str, receipt_handles: list[str]) -> DeleteMessageBatchResultTypeDef:
+    """Delete up to ten messages in one call; a failed entry's Id is its index in receipt_handles."""
+    return client.delete_message_batch(
+        QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(receipt_handles)]
+    )
 
 
 def release(client: SQSClient, url: str, receipt_handles: Iterable[str]) -> None:
