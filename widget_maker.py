@@ -92,6 +92,8 @@ def add_widget() -> ResponseReturnValue:
     widget_id = data.get("widget_id") if isinstance(data, dict) else None
     if not isinstance(widget_id, str) or not is_valid_widget_id(widget_id):
         return error(422, "widget_id must be a canonical version-1 UUID string")
+    if widget_id in current_app.config["FAIL_WIDGET_IDS"]:
+        return error(500, "told to fail this widget id (--fail-widget-id)")
     key = request.headers.get("Idempotency-Key")
     widget, created = store().create(widget_id, key[:200] if key else None)
     if not created:
@@ -131,6 +133,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         DATABASE=os.environ.get("WIDGET_MAKER_DB", "widgets.db"),
         TOKEN=os.environ.get("WIDGET_MAKER_TOKEN") or None,
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        FAIL_WIDGET_IDS=frozenset(),
     )
     if test_config is not None:
         app.config.update(test_config)
@@ -162,7 +165,21 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     "--log-level", type=click.Choice(LEVELS, case_sensitive=False), default="INFO", show_default=True
 )
 @click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True)
-def main(host: str, port: int, db: str, threads: int, log_level: str, log_format: str) -> None:
+@click.option(
+    "--fail-widget-id",
+    multiple=True,
+    metavar="ID",
+    help="For demos and tests: answer 500 to every request for this widget id (repeatable).",
+)
+def main(
+    host: str,
+    port: int,
+    db: str,
+    threads: int,
+    log_level: str,
+    log_format: str,
+    fail_widget_id: tuple[str, ...],
+) -> None:
     """Serve the widget maker: POST /add creates a widget, GET /widget/ID shows one.
 
     Set WIDGET_MAKER_TOKEN to require "Authorization: Bearer <token>" on POST /add.
@@ -174,7 +191,7 @@ def main(host: str, port: int, db: str, threads: int, log_level: str, log_format
     import waitress
 
     configure_logging(log_level, log_format)
-    app = create_app({"DATABASE": db})
+    app = create_app({"DATABASE": db, "FAIL_WIDGET_IDS": frozenset(fail_widget_id)})
     try:
         server = waitress.create_server(app, host=host, port=port, threads=threads)
     except OSError as exc:

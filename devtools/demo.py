@@ -1,8 +1,9 @@
 """A guided tour of the pipeline on this machine: `make demo`.
 
 Starts a local SQS, the widget maker and the consumer on free ports with short timings, then
-sends requests with the real producer script and shows every outcome: OK, REJECTED, a retry
-while the maker is down, and a FAILED request kept in the dead-letter queue.
+sends requests with the real producer script and shows every outcome: OK, REJECTED, a maker
+outage longer than the retry window that the breaker rides out with nothing lost, and a FAILED
+request (one the maker refuses with 500 while it makes others) kept in the dead-letter queue.
 """
 
 from __future__ import annotations
@@ -21,11 +22,16 @@ from widgets.sqs import DEAD_LETTER_QUEUE
 
 # Short timings so the tour takes well under a minute; the defaults are for real use.
 CONSUMER_ARGS = [
-    "--wait-time", "1", "--retry-delay", "2", "--visibility-timeout", "5",
-    "--http-timeout", "2", "--max-receives", "4",
+    "--wait-time", "1", "--retry-delay", "1", "--visibility-timeout", "5",
+    "--http-timeout", "2", "--max-receives", "3",
 ]  # fmt: skip
 VALID_ID = "31f37378-54f4-11e5-ad75-3c970e65f731"
 INVALID_ID = "this_is_not_a_valid_widget_id"
+# A valid id the demo's maker is told to refuse with 500 (--fail-widget-id): a request that
+# fails on its own while the maker makes others.
+DOOMED_ID = "faded000-0000-11e5-8000-000000000bad"
+# Longer than --max-receives x --retry-delay (3 s): before the breaker, this outage failed them all.
+OUTAGE_SECONDS = 6
 
 
 def say(text: str) -> None:
@@ -34,9 +40,9 @@ def say(text: str) -> None:
 
 
 def echo_retries(name: str, line: str) -> None:
-    """Show the consumer's retry and failure lines as they happen; the rest stays quiet."""
-    if " RETRY " in line or " FAILED " in line:
-        print(f"   [{name}] {line.split(' INFO ', 1)[-1]}", flush=True)
+    """Show the consumer's breaker, retry and failure lines as they happen; the rest stays quiet."""
+    if any(word in line for word in (" RETRY ", " FAILED ", "breaker_")):
+        print(f"   [{name}] {line.split(' INFO ', 1)[-1].split(' WARNING ', 1)[-1]}", flush=True)
 
 
 def produce(endpoint: str, *args: str, outcomes: Counter[str]) -> None:
@@ -62,13 +68,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="widgets-demo-") as tmp:
         processes: list[Process] = []
         try:
-            say("Starting a local SQS (moto server), the widget maker and the consumer")
+            say("Starting a local SQS, the widget maker and the consumer")
             sqs, endpoint = start_sqs()
             processes.append(sqs)
             db = Path(tmp) / "widgets.db"
-            maker, maker_base = start_maker(db)
+            maker_args = ["--fail-widget-id", DOOMED_ID]
+            maker, maker_base = start_maker(db, args=maker_args)
             processes.append(maker)
-            maker_port = maker_base.rsplit(":", 1)[1]
+            maker_port = int(maker_base.rsplit(":", 1)[1])
             consumer = start_consumer(endpoint, f"{maker_base}/add", CONSUMER_ARGS, echo=echo_retries)
             processes.append(consumer)
             print(f"   local SQS {endpoint}, maker {maker_base}, consumer: {' '.join(CONSUMER_ARGS)}")
@@ -80,27 +87,29 @@ def main() -> int:
             say("The seed's invalid id: the maker answers 422, the request is REJECTED, no retry")
             produce(endpoint, f"--widget-id={INVALID_ID}", outcomes=outcomes)
 
-            say("The maker goes down; a request is retried with a rising receive count...")
+            say(f"The maker goes down for {OUTAGE_SECONDS}s, longer than 3 receives x 1s retry delay...")
             maker.stop()
-            print("$ venv/bin/python widget_producer.py", flush=True)
+            print("$ venv/bin/python widget_producer.py --count 3", flush=True)
             sender = Process(
                 "producer",
-                [PYTHON, "widget_producer.py", "--endpoint-url", endpoint, "--wait", "--timeout", "30"],
-            )
-            consumer.wait_for(r"RETRY .* receive_count=2 ", timeout=20)
-            say("...the maker comes back, and the retried request succeeds")
-            maker, _ = start_maker(db, port=int(maker_port))
+                [PYTHON, "widget_producer.py", "--endpoint-url", endpoint, "--count", "3", "--wait",
+                 "--timeout", "60"],
+            )  # fmt: skip
+            consumer.wait_for(r"breaker_open", timeout=20)
+            print("   ...the breaker holds the requests back in the queue: none is counted as a failure")
+            time.sleep(OUTAGE_SECONDS)
+            say("...the maker comes back, the breaker closes, and every request is made")
+            maker, _ = start_maker(db, port=maker_port, args=maker_args)
             processes.append(maker)
-            sender.popen.wait(40)
-            sender.wait_for(r"^(OK|REJECTED|FAILED) ", timeout=5)
+            sender.popen.wait(60)
             for line in sender.lines:
                 print(f"   {line}")
-                if line.startswith("OK "):
-                    outcomes["OK"] += 1
+                status = line.split(" ", 1)[0]
+                if status in ("OK", "REJECTED", "FAILED"):
+                    outcomes[status] += 1
 
-            say("The maker goes down for good: after 4 receives the request is FAILED")
-            maker.stop()
-            produce(endpoint, outcomes=outcomes)
+            say("A request the maker refuses with 500 while it makes others: FAILED after 3 receives")
+            produce(endpoint, f"--widget-id={DOOMED_ID}", outcomes=outcomes)
 
             say("The FAILED request is kept in the dead-letter queue")
             client = boto3.client(
@@ -122,7 +131,7 @@ def main() -> int:
     for status in ("OK", "REJECTED", "FAILED"):
         print(f"   {status:<9}{outcomes[status]}")
     print(f"   dead-letter queue: {len(kept)} message(s); took {time.monotonic() - started:.0f}s")
-    expected = Counter({"OK": 5, "REJECTED": 1, "FAILED": 1})
+    expected = Counter({"OK": 7, "REJECTED": 1, "FAILED": 1})
     if outcomes != expected or len(kept) != 1:
         print(f"   expected {dict(expected)} and 1 dead letter: something is wrong", file=sys.stderr)
         return 1

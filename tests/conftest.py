@@ -91,6 +91,7 @@ class ScriptedMaker:
         """Answer 201 until told otherwise."""
         self.status = 201
         self.delay = 0.0
+        self.headers: dict[str, str] = {}
         self.requests: list[dict[str, Any]] = []
 
 
@@ -102,14 +103,24 @@ def scripted_maker() -> Iterator[tuple[ScriptedMaker, str]]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
-            script.requests.append({"body": self.rfile.read(length), "headers": dict(self.headers)})
+            script.requests.append(
+                {"body": self.rfile.read(length), "headers": dict(self.headers), "at": time.monotonic()}
+            )
             time.sleep(script.delay)
             body = json.dumps({"error": "scripted"}).encode()
             self.send_response(script.status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
+            for name, value in script.headers.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            # /healthz: up, whatever the scripted answer to POSTs (the breaker's probe).
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
 
         def log_message(self, *args: Any) -> None:
             pass

@@ -2,16 +2,18 @@
 
 The real scripts run against a moto server with short timings: two consumers compete for a
 stream of valid requests mixed with invalid widget ids and garbage bodies, and while the
-requests flow the maker is stopped and restarted twice, one consumer is killed with SIGKILL
-(and restarted), and one is stopped with SIGTERM (and restarted). Then a consumer whose maker
-is gone for good turns a few more requests into FAILED ones on purpose. The truth is what was
+requests flow the maker is stopped and restarted twice (the second time for longer than five
+retry windows), one consumer is killed with SIGKILL (and restarted), and one is stopped with
+SIGTERM (and restarted). At the end a few requests the maker is told to refuse with 500
+(--fail-widget-id) end FAILED on purpose, and nothing else may. The truth is what was
 sent (the message ids the producer printed and boto3 returned); at the end the maker's SQLite
 file, the response queue, the request queue and the dead-letter queue are checked against it,
 and the checks are printed as a table.
 
 `make test` runs the small size; `make chaos` (CHAOS_SIZE=full) runs the full one.
 
-Faults, all while requests flow: the maker stopped (SIGTERM) and restarted twice; consumer A
+Faults, all while requests flow: the maker stopped (SIGTERM) and restarted twice, the second
+outage five times --max-receives x --retry-delay long, which the breaker rides out; consumer A
 killed with SIGKILL after the maker answered but before its SQS writes were made (the maker is
 paused with SIGSTOP so A surely holds requests, then SQS is paused while the maker resumes),
 and restarted; consumer B stopped with SIGTERM while its workers wait on a paused maker, and
@@ -22,7 +24,9 @@ Each protection, removed in a scratch copy of the code, makes these checks fail:
   redeliveries get a 500 until they are FAILED: "OK exactly the valid requests", "FAILED
   exactly the doomed requests", "message ids with two different outcomes";
 - retrying while the maker is down (say, unreachable -> REJECTED): "OK exactly the valid
-  requests", "REJECTED exactly the invalid ids and garbage", "maker outages with retries logged";
+  requests", "REJECTED exactly the invalid ids and garbage";
+- the circuit breaker (outages counted against the requests): valid requests end FAILED in
+  the long outage: "OK exactly the valid requests", "FAILED exactly the doomed requests";
 - deleting a request only after its response is sent (deletes flushed first): A's deleted but
   unanswered requests are lost at the SIGKILL: "every request has a terminal outcome";
 - keeping a request until it is settled (not deleting it on receive): requests in flight at
@@ -64,23 +68,20 @@ from widgets.sqs import DEAD_LETTER_QUEUE, REQUEST_QUEUE, RESPONSE_QUEUE, SQSCli
 
 pytestmark = pytest.mark.e2e
 
-# Short timings; --max-receives is high enough that outages of a few seconds (a retry a
-# second) never exhaust it, so the only FAILED requests are the ones doomed on purpose.
+# Short timings. The HTTP timeout outlasts the maker's pauses (SIGSTOP), so a paused maker
+# holds requests in flight; the heartbeat keeps them invisible past the 4 s visibility timeout.
+MAX_RECEIVES = 3
+RETRY_DELAY = 1
 CONSUMER_ARGS = [
-    "--wait-time", "1", "--visibility-timeout", "4", "--http-timeout", "1",
-    "--retry-delay", "1", "--max-receives", "30",
-]  # fmt: skip
-# The consumer that fails requests on purpose: its maker is gone and it gives up after two
-# receives. --no-create-queues keeps the request queue's redrive policy as the others set it.
-DOOMED_ARGS = [
-    "--wait-time", "1", "--visibility-timeout", "4", "--http-timeout", "1",
-    "--retry-delay", "1", "--max-receives", "2", "--no-create-queues",
+    "--wait-time", "1", "--visibility-timeout", "4", "--http-timeout", "5",
+    "--retry-delay", str(RETRY_DELAY), "--max-receives", str(MAX_RECEIVES),
 ]  # fmt: skip
 # Requests are sent in groups; a fault starts after each group but the first, and the
 # next group is sent while that fault lasts.
 GROUPS = 5
-# How long a maker outage lasts once a consumer has logged a retry for it.
-OUTAGE_SECONDS = 1.5
+# How long a maker outage lasts once a consumer noticed it: the first short, the second five
+# retry windows long (before the breaker, every request it touched ended FAILED).
+OUTAGE_SECONDS = (1.5, 5 * MAX_RECEIVES * RETRY_DELAY)
 SEND_PAUSE = 0.05
 
 
@@ -646,7 +647,9 @@ def run_chaos(size: Size, tmp: Path) -> tuple[list[Check], Stack]:
         sqs_process, endpoint = start_sqs()
         stack.add(sqs_process)
         maker_port = free_port()
-        maker, base = start_maker(db, port=maker_port)
+        doomed_ids = [new_widget_id() for _ in range(size.doomed)]
+        maker_args = [arg for widget_id in doomed_ids for arg in ("--fail-widget-id", widget_id)]
+        maker, base = start_maker(db, port=maker_port, args=maker_args)
         stack.add(maker)
         maker_url = f"{base}/add"
         first = stack.add(start_consumer(endpoint, maker_url, CONSUMER_ARGS, name="consumer-A"))
@@ -663,19 +666,23 @@ def run_chaos(size: Size, tmp: Path) -> tuple[list[Check], Stack]:
         consumers = [first, second]
 
         def outage(number: int, group: int) -> bool:
-            """Stop the maker, let the next group arrive, restart it once a retry was logged."""
+            """Stop the maker, let the next group arrive, restart it once a breaker opened."""
             nonlocal maker
             wait_event(sender.group_started[group - 1], sender, 120, f"group {group - 1}")
             starts = [len(c.lines) for c in consumers]
             maker.stop()
             clock.say(f"fault {group}: maker stopped (outage {number})")
             sender.fault_started[group].set()
-            retried = wait_line(consumers, starts, r" RETRY .*maker unreachable", timeout=20)
-            time.sleep(OUTAGE_SECONDS)
-            maker, _ = start_maker(db, port=maker_port)
+            noticed = wait_line(consumers, starts, r"breaker_open: maker unreachable", timeout=20)
+            time.sleep(OUTAGE_SECONDS[number - 1])
+            maker, _ = start_maker(db, port=maker_port, args=maker_args)
             stack.add(maker)
-            clock.say(f"fault {group}: maker restarted (retries seen during the outage: {retried})")
-            return retried
+            # Every breaker that opened lets requests through again once a probe finds the maker.
+            for consumer, start in zip(consumers, starts, strict=True):
+                if new_lines(consumer, start, r"breaker_open"):
+                    wait_line([consumer], [start], r"breaker_(half_open|closed)", timeout=20)
+            clock.say(f"fault {group}: maker restarted (breaker opened during the outage: {noticed})")
+            return noticed
 
         def freeze_maker(group: int) -> int:
             """Pause the maker (SIGSTOP) and let the next group arrive; return the requests in flight."""
@@ -741,21 +748,15 @@ def run_chaos(size: Size, tmp: Path) -> tuple[list[Check], Stack]:
         wait_event(sender.done, sender, 300, "the end of sending")
         if sender.errors:
             raise RuntimeError("the sender failed") from sender.errors[0]
+        # Requests that must end FAILED: the maker refuses them with 500 while it makes the rest.
+        for widget_id in doomed_ids:
+            ((message_id, _),) = sender.produce([f"--widget-id={widget_id}"])
+            sender.ledger.add(Sent(message_id, "doomed", "doomed (maker refuses it)", widget_id))
         clock.say(f"all {len(sender.ledger.sent)} requests sent; waiting for the request queue to drain")
         drained = wait_drained(sqs, request_url, size.drain_timeout)
         clock.say(f"request queue: {drained[0]} visible, {drained[1]} in flight")
         end_codes = {c.name: c.stop() for c in consumers}
         clock.say(f"consumers stopped: {end_codes}")
-
-        # Requests that must end FAILED: a consumer whose maker is gone gives up after two receives.
-        doomed = stack.add(
-            start_consumer(endpoint, f"http://127.0.0.1:{free_port()}/add", DOOMED_ARGS, name="consumer-F")
-        )
-        for message_id, widget_id in sender.produce(["--count", str(size.doomed)]):
-            sender.ledger.add(Sent(message_id, "doomed", "doomed (maker gone)", widget_id))
-        clock.say(f"sent {size.doomed} doomed requests to consumer F (maker unreachable, --max-receives 2)")
-        wait_drained(sqs, request_url, max(10.0, size.drain_timeout / 2))
-        end_codes[doomed.name] = doomed.stop()
         maker.stop()
         final_counts = queue_counts(sqs, request_url)
         clock.say(f"everything stopped; request queue {final_counts[0]} visible, {final_counts[1]} in flight")
@@ -801,7 +802,7 @@ def run_chaos(size: Size, tmp: Path) -> tuple[list[Check], Stack]:
         )
         checks.append(
             Check(
-                "maker outages with retries logged",
+                "maker outages noticed (breaker opened)",
                 "2 of 2",
                 f"{int(retried_first) + int(retried_second)} of 2",
                 retried_first and retried_second,

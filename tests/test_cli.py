@@ -165,7 +165,7 @@ def test_endpoint_must_be_a_url(no_aws: None) -> None:
     [
         (["--batch-size", "11"], "'--batch-size': 11 is not in the range 1<=x<=10"),
         (["--wait-time", "25"], "'--wait-time': 25 is not in the range 0<=x<=20"),
-        (["--visibility-timeout", "19", "--http-timeout", "10"], "must be above twice the HTTP timeout"),
+        (["--max-rate", "0"], "'--max-rate': 0.0 is not in the range"),
         (["--maker-url", "127.0.0.1:5000/add"], "is not an http(s) URL"),
         (["--backoff", "random"], "'random' is not one of 'fixed', 'exponential'"),
         (["--max-receives", "0"], "0 is not in the range"),
@@ -194,8 +194,8 @@ def test_consumer_creates_queues_idempotently_with_redrive(sqs: Any) -> None:
             "RedrivePolicy"
         ]
     )
-    # One more than the consumer's limit, so the consumer itself settles the last delivery.
-    assert int(policy["maxReceiveCount"]) == 6
+    # Two more than the consumer's limit, so the consumer itself settles the last delivery.
+    assert int(policy["maxReceiveCount"]) == 7
     assert policy["deadLetterTargetArn"].endswith(":Dlq")
 
 

@@ -13,16 +13,12 @@ from botocore.exceptions import EndpointConnectionError
 
 from devtools.stack import free_port
 from tests.conftest import ScriptedMaker
-from widget_consumer import (
-    Consumer,
-    Outbox,
-    Received,
-    Settings,
-    make_http_session,
-    retry_delay,
-)
+from widget_consumer import Consumer, Settings
 from widget_producer import send_requests
-from widgets.messages import FAILED, OK, REJECTED, RETRY, request_body
+from widgets.handling import RetryPolicy
+from widgets.maker_client import MakerClient, make_http_session
+from widgets.messages import FAILED, OK, REJECTED, RETRY, Received, request_body
+from widgets.outbox import Outbox
 from widgets.sqs import QueueUrls
 
 VALID_ID = "31f37378-54f4-11e5-ad75-3c970e65f731"
@@ -139,13 +135,64 @@ def test_invalid_body_is_rejected_without_calling_the_maker(
     assert response["Status"] == REJECTED and response["WidgetId"] is None and response["Reason"]
 
 
-def test_maker_down_retries_after_the_delay(sqs: Any, queues: QueueUrls) -> None:
+def test_maker_down_is_retried_uncounted_when_the_breaker_probes(sqs: Any, queues: QueueUrls) -> None:
     settings = Settings(maker_url=f"http://127.0.0.1:{free_port()}/add", retry_delay=1)
-    status, outcome = handle_one(sqs, queues, settings, request_body(VALID_ID))
+    status, outcome = handle_one(sqs, queues, settings, request_body(VALID_ID), receives=3)
+    # Unreachable is the maker's outage, not the request's failure: never FAILED, even on its
+    # last delivery, and retried when the breaker next probes (0.5 s, rounded up to 1 s).
     assert status == RETRY
-    assert outcome.reason == "maker unreachable"
+    assert outcome.reason == "maker unreachable; maker down, not counted"
+    assert outcome.delay == 1
     assert depth(sqs, queues.request) == (0, 1)
     assert all_bodies(sqs, queues.response) == []
+    assert all_bodies(sqs, queues.dead_letter) == []
+    again = receive_one(sqs, queues.request, wait=3)
+    assert again.receive_count == 4
+
+
+def test_an_outage_never_lets_the_redrive_policy_take_a_request(
+    sqs: Any, queues: QueueUrls, scripted_maker: tuple[ScriptedMaker, str]
+) -> None:
+    script, url = scripted_maker
+    script.status = 503
+    settings = Settings(maker_url=url, max_receives=3)
+    # On the delivery before SQS's redrive limit (max receives + 2), a request the maker's
+    # outage keeps bouncing is sent afresh, with its original id, and the old copy deleted.
+    sqs.send_message(QueueUrl=queues.request, MessageBody=request_body(VALID_ID))
+    first_id = None
+    for _ in range(3):
+        message = receive_one(sqs, queues.request)
+        first_id = message.message_id
+        sqs.change_message_visibility(
+            QueueUrl=queues.request, ReceiptHandle=message.receipt_handle, VisibilityTimeout=0
+        )
+    consumer = Consumer(sqs, queues, settings)
+    fourth = receive_one(sqs, queues.request)
+    assert fourth.receive_count == 4
+    assert consumer.handle(fourth).status == RETRY
+    assert consumer.outbox.flush() == 0
+    fresh = receive_one(sqs, queues.request, wait=2)
+    assert fresh.receive_count == 1 and fresh.message_id != first_id
+    assert fresh.request_id == first_id
+    script.status = 201
+    consumer = Consumer(sqs, queues, settings)
+    assert consumer.handle(fresh).status == OK
+    assert consumer.outbox.flush() == 0
+    [response] = all_bodies(sqs, queues.response)
+    assert response["MessageId"] == first_id
+    assert depth(sqs, queues.request) == (0, 0)
+    assert all_bodies(sqs, queues.dead_letter) == []
+
+
+def test_a_failing_request_is_retried_after_the_delay(
+    sqs: Any, queues: QueueUrls, scripted_maker: tuple[ScriptedMaker, str]
+) -> None:
+    script, url = scripted_maker
+    script.status = 500
+    status, outcome = handle_one(sqs, queues, Settings(maker_url=url, retry_delay=1), request_body(VALID_ID))
+    assert status == RETRY
+    assert outcome.reason == "maker answered 500: scripted"
+    assert outcome.delay == 1
     # The visibility was set to the 1 s retry delay, not the 30 s it was received with.
     again = receive_one(sqs, queues.request, wait=3)
     assert again.receive_count == 2
@@ -184,8 +231,12 @@ def test_maker_timeout_is_retried(
     assert "did not answer within 0.2s" in outcome.reason
 
 
-def test_last_receive_fails_to_the_dead_letter_queue(sqs: Any, queues: QueueUrls) -> None:
-    settings = Settings(maker_url=f"http://127.0.0.1:{free_port()}/add", max_receives=3)
+def test_last_receive_fails_to_the_dead_letter_queue(
+    sqs: Any, queues: QueueUrls, scripted_maker: tuple[ScriptedMaker, str]
+) -> None:
+    script, url = scripted_maker
+    script.status = 500
+    settings = Settings(maker_url=url, max_receives=3)
     status, _outcome = handle_one(sqs, queues, settings, request_body(VALID_ID), receives=3)
     assert status == FAILED
     assert depth(sqs, queues.request) == (0, 0)
@@ -196,7 +247,7 @@ def test_last_receive_fails_to_the_dead_letter_queue(sqs: Any, queues: QueueUrls
     assert kept["WidgetId"] == VALID_ID
     assert kept["_attributes"]["ReceiveCount"] == "3"
     assert kept["_attributes"]["OriginalMessageId"] == response["MessageId"]
-    assert "maker unreachable" in kept["_attributes"]["FailureReason"]
+    assert "maker answered 500" in kept["_attributes"]["FailureReason"]
 
 
 def test_consumer_sends_idempotency_key_and_token(
@@ -219,8 +270,8 @@ def test_consumer_sends_idempotency_key_and_token(
     ],
 )
 def test_retry_delay(backoff: str, counts: list[int], delays: list[int]) -> None:
-    settings = Settings(retry_delay=30, backoff=backoff)
-    assert [retry_delay(settings, c) for c in counts] == delays
+    policy = RetryPolicy(retry_delay=30, backoff=backoff)
+    assert [policy.delay(c) for c in counts] == delays
 
 
 def outbox_holding_answers(sqs: Any, queues: QueueUrls, count: int) -> Outbox:
@@ -370,7 +421,7 @@ def test_consumer_rides_out_an_sqs_outage(
 
 
 def test_http_session_pool_is_sized_to_the_workers() -> None:
-    adapter = make_http_session(7).get_adapter("http://127.0.0.1/")
+    adapter = make_http_session(7, "http://127.0.0.1/add").get_adapter("http://127.0.0.1/")
     assert adapter._pool_maxsize == 7  # type: ignore[attr-defined]
 
 
@@ -387,7 +438,9 @@ def test_json_log_lines_carry_the_fields(
     finally:
         root.handlers[:], level = saved
         root.setLevel(level)
-    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if '"widget_consumer"' in line]
+    lines = [
+        json.loads(line) for line in capsys.readouterr().err.splitlines() if '"widgets.handling"' in line
+    ]
     [entry] = lines
     assert entry["status"] == OK
     assert entry["widget_id"] == VALID_ID
@@ -415,9 +468,11 @@ def test_failed_flush_keeps_hand_backs(sqs: Any, queues: QueueUrls, monkeypatch:
 
 
 def test_dead_letter_send_failure_is_settled_on_the_extra_delivery(
-    sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch
+    sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch, scripted_maker: tuple[ScriptedMaker, str]
 ) -> None:
-    settings = Settings(maker_url=f"http://127.0.0.1:{free_port()}/add", max_receives=3)
+    script, url = scripted_maker
+    script.status = 500
+    settings = Settings(maker_url=url, max_receives=3)
     consumer = Consumer(sqs, queues, settings)
     sqs.send_message(QueueUrl=queues.request, MessageBody=request_body(VALID_ID))
     for _ in range(2):
@@ -436,7 +491,7 @@ def test_dead_letter_send_failure_is_settled_on_the_extra_delivery(
     sqs.change_message_visibility(
         QueueUrl=queues.request, ReceiptHandle=third.receipt_handle, VisibilityTimeout=0
     )
-    # SQS's redrive would move it now if its limit were max_receives; it is one more.
+    # SQS's redrive would move it now if its limit were max_receives; it is two more.
     fourth = receive_one(sqs, queues.request)
     assert fourth.receive_count == 4
     assert consumer.handle(fourth).status == FAILED
@@ -447,35 +502,37 @@ def test_dead_letter_send_failure_is_settled_on_the_extra_delivery(
     assert kept["_attributes"]["ReceiveCount"] == "4"
 
 
-def test_message_near_its_visibility_end_is_handed_back(
-    sqs: Any, queues: QueueUrls, scripted_maker: tuple[ScriptedMaker, str], caplog: pytest.LogCaptureFixture
+def test_heartbeat_keeps_a_slow_call_invisible(
+    sqs: Any, queues: QueueUrls, scripted_maker: tuple[ScriptedMaker, str]
 ) -> None:
     script, url = scripted_maker
-    script.delay = 1.2
-    send_requests(sqs, queues.request, [VALID_ID] * 2)
-    # One worker and a 1.2 s maker: the second message of the batch waits 1.2 s, after which a
-    # 1.5 s call could outlast its 3 s visibility. It is handed back, not raced.
-    settings = Settings(maker_url=url, wait_time=0, workers=1, http_timeout=1.5, visibility_timeout=3)
+    script.delay = 2.5
+    send_requests(sqs, queues.request, [VALID_ID])
+    # A 2.5 s maker call with a 1 s visibility timeout: the heartbeat extends it meanwhile,
+    # so nobody else can receive the request, and it is made and answered once.
+    settings = Settings(maker_url=url, wait_time=0, workers=1, http_timeout=10, visibility_timeout=1)
     consumer = Consumer(sqs, queues, settings)
     consumer.start()
     try:
-        run_until(lambda: consumer.counts[OK] == 2)
+        run_until(lambda: len(script.requests) == 1)
+        for _ in range(4):
+            time.sleep(0.5)
+            assert depth(sqs, queues.request) == (0, 1)
+        run_until(lambda: consumer.counts[OK] == 1)
     finally:
         consumer.stop()
         consumer.join(grace=1)
-    assert any("handing_back" in r.getMessage() for r in caplog.records)
-    assert sorted(r["ReceiveCount"] for r in all_bodies(sqs, queues.response)) == [1, 2]
+    assert len(script.requests) == 1
+    assert consumer.heartbeat.extensions >= 3
 
 
 def test_a_message_the_consumer_keeps_failing_on_ends_failed(
     sqs: Any, queues: QueueUrls, maker_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import widget_consumer
-
     def broken(*args: Any) -> Any:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(widget_consumer, "decide", broken)
+    monkeypatch.setattr(MakerClient, "create", broken)
     consumer = Consumer(sqs, queues, Settings(maker_url=maker_url, wait_time=0, max_receives=1))
     sqs.send_message(QueueUrl=queues.request, MessageBody=request_body(VALID_ID))
     consumer.start()

@@ -25,7 +25,8 @@ def test_demo_shows_every_outcome() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "REJECTED this_is_not_a_valid_widget_id receive_count=1" in out
-    assert "RETRY" in out and "receive_count=2" in out
+    assert "breaker_open: maker unreachable" in out and "breaker_closed" in out
+    assert "FAILED faded000-0000-11e5-8000-000000000bad receive_count=3" in out
     assert "FailureReason=" in out
-    assert "OK       5" in out and "REJECTED 1" in out and "FAILED   1" in out
+    assert "OK       7" in out and "REJECTED 1" in out and "FAILED   1" in out
     assert "every request ended as it should" in out

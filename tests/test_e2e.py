@@ -55,9 +55,10 @@ class Stack:
         """Run the producer to completion."""
         return run_script("widget_producer.py", ["--endpoint-url", self.endpoint, *args])
 
-    def restart_maker(self) -> None:
-        """Start the maker again on its old port and database."""
-        self.maker, _ = start_maker(self.db, port=int(self.maker_base.rsplit(":", 1)[1]))
+    def restart_maker(self, *args: str) -> None:
+        """Start the maker again on its old port and database (stopping it first if it runs)."""
+        self.maker.stop()
+        self.maker, _ = start_maker(self.db, port=int(self.maker_base.rsplit(":", 1)[1]), args=args)
         self.processes.append(self.maker)
 
     def depth(self, url: str) -> tuple[int, int]:
@@ -124,24 +125,29 @@ def test_ok_and_rejected(stack: Stack) -> None:
     assert "1 of 1 requests did not end OK" in bad.stderr
 
 
-def test_retry_while_the_maker_is_down(stack: Stack) -> None:
-    consumer = stack.consumer("--max-receives", "10")
+def test_a_maker_outage_opens_the_breaker_and_fails_nothing(stack: Stack) -> None:
+    consumer = stack.consumer("--max-receives", "2")
     stack.maker.stop()
-    sent = stack.produce()
-    widget_id = sent.stdout.split()[1]
-    consumer.wait_for(rf"RETRY .*widget_id={widget_id} receive_count=1 ")
-    consumer.wait_for(rf"RETRY .*widget_id={widget_id} receive_count=2 ")
+    sent = stack.produce("--count", "20")
+    widget_ids = {line.split()[1] for line in sent.stdout.splitlines()}
+    consumer.wait_for(r"breaker_open: maker unreachable")
+    # Longer than --max-receives x --retry-delay: before the breaker, every request FAILED.
+    time.sleep(4)
+    assert " FAILED " not in consumer.output()
     stack.restart_maker()
-    match = consumer.wait_for(rf"OK .*widget_id={widget_id} receive_count=(\d+) ")
-    assert int(match.group(1)) >= 3
-    [response] = stack.responses(expected=1)
-    assert response["Status"] == "OK" and response["ReceiveCount"] == int(match.group(1))
+    consumer.wait_for(r"breaker_closed: the maker is back after an outage of \d+\.\ds", timeout=20)
+    responses = stack.responses(expected=20, timeout=20)
+    assert {r["WidgetId"] for r in responses} == widget_ids
+    assert {r["Status"] for r in responses} == {"OK"}
+    assert consumer.output().count("breaker_open") == 1
+    assert stack.depth(stack.urls.dead_letter) == (0, 0)
 
 
 def test_failed_goes_to_the_dead_letter_queue(stack: Stack) -> None:
+    doomed = "31f37378-54f4-11e5-ad75-3c970e65f731"
+    stack.restart_maker("--fail-widget-id", doomed)
     consumer = stack.consumer("--max-receives", "2")
-    stack.maker.stop()
-    result = stack.produce("--wait", "--timeout", "20")
+    result = stack.produce(f"--widget-id={doomed}", "--wait", "--timeout", "20")
     assert result.returncode == 1
     assert "FAILED" in result.stdout and "receive_count=2" in result.stdout
     consumer.wait_for("FAILED ")

@@ -179,3 +179,14 @@ def test_no_json_makes_the_maker_fail(client: FlaskClient, payload: object) -> N
         answer = client.post("/add", json=body)
         assert answer.status_code in (400, 415, 422)
         assert answer.is_json
+
+
+def test_a_widget_id_told_to_fail_gets_500(tmp_path: Path) -> None:
+    doomed = "31f37378-54f4-11e5-ad75-3c970e65f731"
+    app = create_app({"DATABASE": str(tmp_path / "w.db"), "TOKEN": None, "FAIL_WIDGET_IDS": {doomed}})
+    client = app.test_client()
+    answer = client.post("/add", json={"widget_id": doomed})
+    assert answer.status_code == 500
+    assert "--fail-widget-id" in answer.get_json()["error"]
+    assert client.post("/add", json={"widget_id": str(uuid.uuid1())}).status_code == 201
+    assert app.extensions["widget_store"].count() == 1

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 # Statuses a request can end with; RETRY is not terminal, it is what the consumer does meanwhile.
@@ -19,6 +22,39 @@ MAX_WIDGET_ID_CHARS = 256
 MAX_REQUEST_BODY_CHARS = 4096
 # A reason quotes the maker's error; keep responses well inside SQS's message size limit.
 MAX_REASON_CHARS = 1000
+# The message attribute naming the id a request was first sent with, on its dead-letter copy and
+# on the fresh copy the consumer makes of a request whose receive count an outage used up.
+ORIGINAL_MESSAGE_ID = "OriginalMessageId"
+
+
+@dataclass(frozen=True)
+class Received:
+    """A request as received from the request queue."""
+
+    message_id: str
+    receipt_handle: str
+    body: str
+    receive_count: int
+    attributes: dict[str, Any]
+    received_at: float  # time.monotonic() when it arrived: its visibility timeout runs from then
+
+    @classmethod
+    def from_sqs(cls, message: Mapping[str, Any], received_at: float | None = None) -> Received:
+        """Build a Received from one entry of a ReceiveMessage answer."""
+        return cls(
+            message_id=message["MessageId"],
+            receipt_handle=message["ReceiptHandle"],
+            body=message.get("Body", ""),
+            receive_count=int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
+            attributes=message.get("MessageAttributes", {}),
+            received_at=time.monotonic() if received_at is None else received_at,
+        )
+
+    @property
+    def request_id(self) -> str:
+        """Return the id the producer got for this request: kept across requeues and redrives."""
+        original = self.attributes.get(ORIGINAL_MESSAGE_ID, {}).get("StringValue")
+        return original or self.message_id
 
 
 class InvalidRequest(ValueError):

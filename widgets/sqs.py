@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
 else:
     SQSClient = Any
 
+log = logging.getLogger(__name__)
+
 LOCAL_ENDPOINT = "http://127.0.0.1:9324"
 LOCAL_REGION = "us-east-1"
 REQUEST_QUEUE = "WidgetRequestQueue"
@@ -35,6 +39,17 @@ RESPONSE_QUEUE = "WidgetResponseQueue"
 DEAD_LETTER_QUEUE = "WidgetRequestDLQ"
 # SQS's own limit on entries per batch call.
 MAX_BATCH = 10
+# SQS's upper bound on a visibility timeout (and on a message's total time in flight): 12 hours.
+MAX_VISIBILITY = 43200
+# SQS's redrive policy moves a request to the dead-letter queue after --max-receives + 2
+# deliveries. The consumer settles a request itself by then: FAILED, with a response, on delivery
+# --max-receives; one delivery more lets it try again if it died or could not reach the
+# dead-letter queue then; and a request whose count outages used up is sent afresh on that
+# delivery, leaving the last one for a consumer killed while doing so. SQS's own move (with no
+# response) is left for a consumer that dies on a request every time.
+REDRIVE_MARGIN = 2
+# The exceptions an SQS call raises: its own answers (ClientError) and everything on the way.
+SQS_ERRORS = (BotoCoreError, ClientError)
 
 MISSING_QUEUE_CODES = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 CREDENTIAL_CODES = {
@@ -149,11 +164,10 @@ def ensure_queues(
         # Created without attributes and then set, so an existing queue with other
         # settings is updated instead of refused with QueueAlreadyExists.
         request_url = client.create_queue(QueueName=request)["QueueUrl"]
-        # One delivery more than the consumer's own limit: the consumer settles a request on its
-        # last delivery (FAILED, with a response); if it dies or cannot reach the dead-letter
-        # queue then, the extra delivery lets it try again. SQS's own move to the dead-letter
-        # queue (with no response) is left for a consumer that dies on a message every time.
-        redrive = {"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": str(max_receives + 1)}
+        redrive = {
+            "deadLetterTargetArn": dead_letter_arn,
+            "maxReceiveCount": str(max_receives + REDRIVE_MARGIN),
+        }
         client.set_queue_attributes(QueueUrl=request_url, Attributes={"RedrivePolicy": json.dumps(redrive)})
         response_url = client.create_queue(QueueName=response)["QueueUrl"]
     return QueueUrls(request_url, response_url, dead_letter_url)
@@ -185,3 +199,29 @@ def release(client: SQSClient, url: str, receipt_handles: Iterable[str]) -> None
             QueueUrl=url,
             Entries=[{"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0} for i, h in enumerate(chunk)],
         )
+
+
+class OutageLog:
+    """Logs an SQS outage once when it starts and once when it ends, not once per failed call."""
+
+    def __init__(self, sqs: SQSClient, what: str) -> None:
+        """Track outages of the calls described by what."""
+        self.sqs = sqs
+        self.what = what
+        self.failures = 0
+        self._lock = threading.Lock()
+
+    def failed(self, error: Exception) -> float:
+        """Record a failed call; return how long to back off before the next one."""
+        with self._lock:
+            self.failures += 1
+            if self.failures == 1:
+                log.warning("sqs_outage %s: %s; retrying", self.what, describe_error(error, self.sqs))
+            return float(min(0.5 * 2 ** (self.failures - 1), 10.0))
+
+    def recovered(self) -> None:
+        """Record a call that worked, ending any outage."""
+        with self._lock:
+            if self.failures:
+                log.info("sqs_recovered %s after %d failed calls", self.what, self.failures)
+            self.failures = 0

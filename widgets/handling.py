@@ -1,0 +1,294 @@
+"""What happens to one request, top to bottom: the consumer's steps for each message.
+
+1. too late?    the consumer stops, or the request's visibility ran out while it was held:
+                hand it back untouched
+2. parse        not a widget request: REJECTED, without calling the maker
+3. rate slot    wait for a --max-rate slot (the heartbeat keeps it invisible meanwhile)
+4. breaker      the maker is down as a whole: hand it back untouched
+5. maker call   POST it, however long that takes (the heartbeat keeps it invisible)
+6. classify     OK or REJECTED: the maker is up. RETRY: the request's fault, or the maker's?
+7. give up?     a request failing on its own at its last delivery: FAILED, dead-letter copy
+8. retry delay  otherwise it is retried after the retry delay (or the maker's Retry-After);
+                an outage's failures are never counted against the request
+9. settle       respond and delete (through the outbox), or change its visibility; report
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from widgets.breaker import HALF_OPEN, Breaker
+from widgets.heartbeat import Heartbeat
+from widgets.logs import printable
+from widgets.maker_client import MakerAnswer, MakerClient
+from widgets.messages import (
+    FAILED,
+    MAX_REASON_CHARS,
+    ORIGINAL_MESSAGE_ID,
+    REJECTED,
+    RETRY,
+    InvalidRequest,
+    Received,
+    parse_request,
+    response_body,
+)
+from widgets.outbox import Outbox
+from widgets.rate_limit import RateLimiter
+from widgets.sqs import MAX_VISIBILITY, REDRIVE_MARGIN, SQS_ERRORS, QueueUrls, SQSClient, describe_error
+
+log = logging.getLogger(__name__)
+
+# Not an outcome of the request: the consumer let it go untouched, for SQS to deliver again.
+HANDED_BACK = "HANDED_BACK"
+# SQS allows at most ten message attributes; the dead-letter copy adds three of its own
+# (replacing those of an earlier failure, for a request that was redriven and failed again).
+DEAD_LETTER_ATTRIBUTES = ("FailureReason", "ReceiveCount", ORIGINAL_MESSAGE_ID)
+MAX_COPIED_ATTRIBUTES = 10 - len(DEAD_LETTER_ATTRIBUTES)
+# SendMessage's longest DelaySeconds, for a fresh copy that should wait out a retry delay.
+MAX_DELAY_SECONDS = 900
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one delivery of a request: a status, why, the widget for OK, the delay for RETRY."""
+
+    status: str
+    widget_id: str | None = None
+    reason: str | None = None
+    widget: dict[str, Any] | None = None
+    delay: int = 0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a failing request is retried, and when it is given up."""
+
+    max_receives: int = 3
+    retry_delay: int = 30
+    backoff: str = "fixed"
+
+    def delay(self, receive_count: int) -> int:
+        """Return the seconds to wait before the next delivery after the given failed delivery."""
+        delay = self.retry_delay
+        if self.backoff == "exponential":
+            delay = self.retry_delay * 2 ** min(max(receive_count - 1, 0), 20)
+        return min(delay, MAX_VISIBILITY)
+
+    @property
+    def redrive_limit(self) -> int:
+        """Return the maxReceiveCount of the request queue's redrive policy."""
+        return self.max_receives + REDRIVE_MARGIN
+
+    @property
+    def requeue_at(self) -> int:
+        """Return the receive count from which a request handed back is sent afresh instead."""
+        return self.redrive_limit - 1
+
+
+def dead_letter_attributes(message: Received, reason: str) -> dict[str, Any]:
+    """Return the message attributes of a request's dead-letter copy: its own plus why it failed."""
+    own = {k: v for k, v in message.attributes.items() if k not in DEAD_LETTER_ATTRIBUTES}
+    attributes = dict(list(own.items())[:MAX_COPIED_ATTRIBUTES])
+    attributes["FailureReason"] = {"DataType": "String", "StringValue": reason[:MAX_REASON_CHARS]}
+    attributes["ReceiveCount"] = {"DataType": "Number", "StringValue": str(message.receive_count)}
+    attributes[ORIGINAL_MESSAGE_ID] = {"DataType": "String", "StringValue": message.request_id}
+    return attributes
+
+
+def fresh_copy_attributes(message: Received) -> dict[str, Any]:
+    """Return the message attributes of a request sent afresh: its own, and the id it was first sent with."""
+    attributes = {k: v for k, v in message.attributes.items() if k != ORIGINAL_MESSAGE_ID}
+    attributes = dict(list(attributes.items())[:9])
+    attributes[ORIGINAL_MESSAGE_ID] = {"DataType": "String", "StringValue": message.request_id}
+    return attributes
+
+
+class Handler:
+    """Takes one request through the steps above; the dispatcher's workers call it."""
+
+    def __init__(
+        self,
+        *,
+        sqs: SQSClient,
+        urls: QueueUrls,
+        outbox: Outbox,
+        maker: MakerClient,
+        breaker: Breaker,
+        heartbeat: Heartbeat,
+        limiter: RateLimiter,
+        policy: RetryPolicy,
+        stopping: threading.Event,
+    ) -> None:
+        """Wire the handler to the mechanisms it uses."""
+        self.sqs = sqs
+        self.urls = urls
+        self.outbox = outbox
+        self.maker = maker
+        self.breaker = breaker
+        self.heartbeat = heartbeat
+        self.limiter = limiter
+        self.policy = policy
+        self.stopping = stopping
+        self.counts: Counter[str] = Counter()
+        self._counts_lock = threading.Lock()
+
+    def __call__(self, message: Received) -> None:
+        """Handle a message; an error of SQS or of ours leaves it for SQS to deliver again."""
+        try:
+            self.handle(message)
+        except SQS_ERRORS as error:
+            log.warning(
+                "not_settled message_id=%s: %s; SQS will deliver it again",
+                message.message_id,
+                describe_error(error, self.sqs),
+            )
+        except Exception as error:
+            # A bug of ours: the message comes back after its visibility timeout, until its
+            # last delivery, where it is given up as FAILED so it is not dropped silently.
+            log.exception("handler_error message_id=%s", message.message_id)
+            if message.receive_count >= self.policy.max_receives:
+                self._give_up(message, error)
+        finally:
+            self.heartbeat.forget(message)
+
+    def handle(self, message: Received) -> Outcome:
+        """Take one message through the steps, top to bottom; return its outcome."""
+        started = time.monotonic()
+        if self.stopping.is_set():
+            return self.hand_back(message, "the consumer is stopping")
+        if self.heartbeat.running_out(message):
+            return self.hand_back(message, "its visibility timeout is nearly over")
+        try:
+            widget_id = parse_request(message.body)
+        except InvalidRequest as exc:
+            return self.settle(message, Outcome(REJECTED, None, str(exc)), started)
+        if not self.limiter.wait(self.stopping):
+            return self.hand_back(message, "the consumer is stopping")
+        admitted = self.breaker.admit()
+        if admitted is None:
+            return self.hand_back(message, "the maker is down")
+        answer = self.maker.create(widget_id, message.request_id)
+        self.heartbeat.forget(message)
+        outcome = self.classify(message, widget_id, answer, trial=admitted == HALF_OPEN)
+        return self.settle(message, outcome, started)
+
+    def classify(
+        self, message: Received, widget_id: str, answer: MakerAnswer, trial: bool = False
+    ) -> Outcome:
+        """Turn the maker's answer into an outcome, telling the request's failures from the maker's."""
+        if answer.status != RETRY:
+            self.breaker.succeeded()
+            return Outcome(answer.status, widget_id, answer.reason, answer.widget)
+        reason = answer.reason or "maker failed"
+        if self.breaker.failed(message.request_id, answer.failure, reason, answer.retry_after, trial):
+            # The maker is down as a whole: not this request's failure. It comes back when the
+            # breaker next lets requests through (or when the maker said to retry).
+            wait = answer.retry_after if answer.retry_after is not None else self.breaker.until_probe()
+            return Outcome(RETRY, widget_id, f"{reason}; maker down, not counted", delay=math.ceil(wait))
+        if message.receive_count >= self.policy.max_receives:
+            return Outcome(FAILED, widget_id, f"{reason}; gave up after {message.receive_count} receives")
+        if answer.retry_after is not None:
+            return Outcome(RETRY, widget_id, reason, delay=math.ceil(answer.retry_after))
+        return Outcome(RETRY, widget_id, reason, delay=self.policy.delay(message.receive_count))
+
+    def settle(self, message: Received, outcome: Outcome, started: float) -> Outcome:
+        """Act on an outcome: retry later, or respond and delete (after a dead-letter copy); report it."""
+        if outcome.status == RETRY:
+            self.retry_later(message, outcome.delay)
+        else:
+            if outcome.status == FAILED:
+                # Kept before the request is deleted; if this fails, SQS delivers it again.
+                self.sqs.send_message(
+                    QueueUrl=self.urls.dead_letter,
+                    MessageBody=message.body,
+                    MessageAttributes=dead_letter_attributes(message, outcome.reason or ""),
+                )
+            body = response_body(
+                message.request_id,
+                outcome.widget_id,
+                outcome.status,
+                message.receive_count,
+                outcome.reason,
+                outcome.widget,
+            )
+            self.outbox.respond_and_delete(message, body)
+        self.report(message, outcome, started)
+        return outcome
+
+    def retry_later(self, message: Received, delay: int) -> None:
+        """Have SQS deliver a message again after delay seconds, without using up its redrive limit.
+
+        Near the redrive limit (reached only through outages, or a consumer dying while it
+        settled the request), a fresh copy is sent and the old one deleted: SQS's redrive
+        would otherwise move it to the dead-letter queue with no response at all.
+        """
+        if message.receive_count < self.policy.requeue_at:
+            self.outbox.change_visibility(message, min(delay, MAX_VISIBILITY))
+            return
+        self.sqs.send_message(
+            QueueUrl=self.urls.request,
+            MessageBody=message.body,
+            MessageAttributes=fresh_copy_attributes(message),
+            DelaySeconds=min(delay, MAX_DELAY_SECONDS),
+        )
+        self.outbox.delete(message)
+        log.info(
+            "sent_afresh message_id=%s request_id=%s receive_count=%d",
+            message.message_id,
+            message.request_id,
+            message.receive_count,
+        )
+
+    def hand_back(self, message: Received, why: str) -> Outcome:
+        """Let a message go untouched, visible again at once."""
+        self.heartbeat.forget(message)
+        self.retry_later(message, 0)
+        log.debug("handing_back message_id=%s: %s", message.message_id, why)
+        return Outcome(HANDED_BACK, reason=why)
+
+    def _give_up(self, message: Received, error: Exception) -> None:
+        """Settle a message the consumer itself keeps failing on as FAILED, so it is not dropped silently."""
+        reason = f"consumer error: {type(error).__name__}; gave up after {message.receive_count} receives"
+        try:
+            self.settle(message, Outcome(FAILED, None, reason), time.monotonic())
+        except SQS_ERRORS as sqs_error:
+            log.warning(
+                "not_settled message_id=%s: %s", message.message_id, describe_error(sqs_error, self.sqs)
+            )
+
+    def report(self, message: Received, outcome: Outcome, started: float) -> None:
+        """Count an outcome and log it: one line per delivery, with the ids."""
+        duration_ms = round((time.monotonic() - started) * 1000, 1)
+        with self._counts_lock:
+            self.counts[outcome.status] += 1
+        detail = f" reason={outcome.reason!r}" if outcome.reason else ""
+        if outcome.status == RETRY:
+            detail = f" retry_in={outcome.delay}s{detail}"
+        log.info(
+            "%s message_id=%s widget_id=%s receive_count=%d duration_ms=%s%s",
+            outcome.status,
+            message.message_id,
+            printable(outcome.widget_id),
+            message.receive_count,
+            duration_ms,
+            detail,
+            extra={
+                "message_id": message.message_id,
+                "widget_id": outcome.widget_id,
+                "receive_count": message.receive_count,
+                "status": outcome.status,
+                "duration_ms": duration_ms,
+                "reason": outcome.reason,
+            },
+        )
+
+    def counted(self) -> Counter[str]:
+        """Return a copy of the outcome counts so far."""
+        with self._counts_lock:
+            return Counter(self.counts)

@@ -1,0 +1,132 @@
+"""The consumer's HTTP client for the widget maker: one POST per request, its answer classified."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlparse
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from widgets.messages import OK, REJECTED, RETRY
+from widgets.sqs import MAX_VISIBILITY
+
+# How a call that must be retried failed, which tells the breaker whose fault it is likely to be.
+UNREACHABLE = "unreachable"  # no connection at all: the maker is down, whatever the request
+OVERLOADED = "overloaded"  # 429 or 503: the maker says itself that it cannot take requests now
+FAILING = "failing"  # another 5xx, a timeout, 401/403/408: this request, or the maker; one call cannot tell
+
+OVERLOADED_STATUS_CODES = {429, 503}
+# Answers under 500 that say "not now" rather than "never": the request is retried. 401 and 403
+# are here too: a wrong token is the consumer's fault, not the request's, and rejecting every
+# request until someone fixes it would discard them all.
+RETRY_STATUS_CODES = {401, 403, 408, 429}
+# How long the start-up check and the breaker's probes wait for GET /healthz.
+PROBE_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class MakerAnswer:
+    """The maker's answer to one request: OK, REJECTED or RETRY, why, and for RETRY how it failed."""
+
+    status: str
+    reason: str | None = None
+    widget: dict[str, Any] | None = None
+    failure: str | None = None  # for RETRY: UNREACHABLE, OVERLOADED or FAILING
+    retry_after: float | None = None  # seconds the maker asked us to wait (Retry-After)
+    code: int | None = None  # the HTTP status, None when there was no answer
+
+
+def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
+    """Return the seconds a Retry-After header asks for (seconds or an HTTP date), capped at 12 hours."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - now()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return min(max(seconds, 0.0), float(MAX_VISIBILITY))
+
+
+def maker_error(answer: requests.Response) -> str:
+    """Return the reason a maker answer gives, from its JSON error body when there is one."""
+    try:
+        detail = answer.json().get("error")
+    except (ValueError, AttributeError):
+        detail = None
+    return f"maker answered {answer.status_code}" + (f": {detail}" if detail else "")
+
+
+def make_http_session(workers: int, maker_url: str) -> requests.Session:
+    """Return an HTTP session keeping up to one connection per worker alive to the maker."""
+    session = requests.Session()
+    # Read the proxy and CA settings from the environment once, not on every POST: requests
+    # otherwise walks os.environ per call, about a fifth of the consumer's CPU per message.
+    session.proxies.update(requests.utils.get_environ_proxies(maker_url))
+    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    session.trust_env = False
+    # max_retries=0: retrying is the queue's job, with its visibility timeout.
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=workers, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class MakerClient:
+    """POSTs widget requests to the maker and says whether it is up, over one keep-alive pool."""
+
+    def __init__(self, *, url: str, timeout: float, workers: int, token: str | None = None) -> None:
+        """Prepare a client for the maker's add URL; its health URL is /healthz on the same host."""
+        self.url = url
+        self.timeout = timeout
+        parsed = urlparse(url)
+        self.health_url = f"{parsed.scheme}://{parsed.netloc}/healthz"
+        self.http = make_http_session(workers, url)
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def create(self, widget_id: str, request_id: str) -> MakerAnswer:
+        """POST one request (its id as the idempotency key) and classify the answer."""
+        try:
+            answer = self.http.post(
+                self.url,
+                json={"widget_id": widget_id},
+                headers={**self.headers, "Idempotency-Key": request_id},
+                timeout=self.timeout,
+            )
+        except requests.ConnectTimeout:
+            return MakerAnswer(RETRY, "maker unreachable (connect timeout)", failure=UNREACHABLE)
+        except requests.Timeout:
+            return MakerAnswer(RETRY, f"maker did not answer within {self.timeout:g}s", failure=FAILING)
+        except requests.ConnectionError:
+            return MakerAnswer(RETRY, "maker unreachable", failure=UNREACHABLE)
+        except requests.RequestException as exc:
+            return MakerAnswer(RETRY, f"maker call failed: {type(exc).__name__}", failure=FAILING)
+        code = answer.status_code
+        if 200 <= code < 300:
+            try:
+                widget = answer.json()
+            except ValueError:
+                widget = None
+            return MakerAnswer(OK, widget=widget if isinstance(widget, dict) else None, code=code)
+        if code in OVERLOADED_STATUS_CODES:
+            retry_after = parse_retry_after(answer.headers.get("Retry-After"))
+            return MakerAnswer(RETRY, maker_error(answer), None, OVERLOADED, retry_after, code)
+        if code >= 500 or code in RETRY_STATUS_CODES:
+            return MakerAnswer(RETRY, maker_error(answer), failure=FAILING, code=code)
+        return MakerAnswer(REJECTED, maker_error(answer), code=code)
+
+    def healthy(self) -> bool:
+        """Tell whether the maker answers GET /healthz with a 2xx."""
+        try:
+            return self.http.get(self.health_url, timeout=min(self.timeout, PROBE_TIMEOUT)).ok
+        except requests.RequestException:
+            return False

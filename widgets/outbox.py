@@ -1,0 +1,202 @@
+"""The outbox: the consumer's writes to SQS, batched: responses, then deletes, and visibility changes.
+
+A request is deleted only after its response was sent, so a crash in between repeats the
+request (which the maker absorbs) instead of losing its response. Writes that fail are kept
+and retried; an SQS outage is logged once, when it starts and when it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from widgets.messages import Received
+from widgets.sqs import MAX_BATCH, SQS_ERRORS, OutageLog, QueueUrls, SQSClient, batches, delete_batch
+
+log = logging.getLogger(__name__)
+
+# Pause before retrying writes that SQS refused one by one.
+PARTIAL_FAILURE_PAUSE = 0.5
+
+
+class Outbox:
+    """Batches the consumer's writes to SQS: responses, then deletes, and visibility changes.
+
+    A request is deleted only after its response was sent, so a crash in between repeats
+    the request (which the maker absorbs) instead of losing its response.
+    """
+
+    def __init__(self, sqs: SQSClient, urls: QueueUrls, flush_interval: float) -> None:
+        """Prepare an empty outbox; start() runs its flusher thread."""
+        self.sqs = sqs
+        self.urls = urls
+        self.flush_interval = flush_interval
+        self._changed = threading.Condition()
+        self._responses: list[tuple[Received, str]] = []
+        self._deletes: list[Received] = []
+        # Keyed by receipt handle: a later change (a retry delay after a heartbeat's extension,
+        # say) replaces one not yet made, so SQS never applies them in the wrong order.
+        self._visibility: dict[str, tuple[Received, int]] = {}
+        self._closing = False
+        self._refused = False
+        self._outage = OutageLog(sqs, "writing responses, deletes and visibility changes")
+        self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+
+    def start(self) -> None:
+        """Start flushing in the background."""
+        self._thread.start()
+
+    def respond_and_delete(self, message: Received, body: str) -> None:
+        """Queue a response to send, and the request's delete once it is sent."""
+        with self._changed:
+            self._responses.append((message, body))
+            self._changed.notify()
+
+    def change_visibility(self, message: Received, seconds: int) -> None:
+        """Queue a visibility change: a retry delay, an extension, or 0 to hand a message back at once."""
+        with self._changed:
+            self._visibility[message.receipt_handle] = (message, seconds)
+            self._changed.notify()
+
+    def delete(self, message: Received) -> None:
+        """Queue the delete of a request that needs no response (a fresh copy of it was sent)."""
+        with self._changed:
+            self._visibility.pop(message.receipt_handle, None)
+            self._deletes.append(message)
+            self._changed.notify()
+
+    def pending(self) -> int:
+        """Return how many writes wait to be flushed."""
+        return len(self._responses) + len(self._deletes) + len(self._visibility)
+
+    def _full(self) -> bool:
+        return max(len(self._responses), len(self._deletes), len(self._visibility)) >= MAX_BATCH
+
+    def _run(self) -> None:
+        """Flush whenever a batch is full or the oldest write has waited the flush interval."""
+        while True:
+            with self._changed:
+                while not self.pending() and not self._closing:
+                    self._changed.wait()
+                if not self.pending():
+                    return
+                deadline = time.monotonic() + self.flush_interval
+                while not self._full() and not self._closing:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._changed.wait(remaining)
+            try:
+                backoff = self.flush()
+            except Exception:
+                log.exception("outbox_error; retrying")
+                backoff = 1.0
+            if backoff:
+                with self._changed:
+                    # close() cuts the back-off short, to flush what it can before exit.
+                    self._changed.wait(backoff)
+
+    def flush(self) -> float:
+        """Make every queued write once, keeping what failed; return how long to back off (0: all went).
+
+        Each kind is tried even when another failed, so an outage of one call does not hold up
+        the others (hand-backs especially); a request's delete still waits for its response.
+        """
+        self._refused = False
+        error: Exception | None = None
+        for backlog, call in (
+            ("_responses", self._send_responses),
+            ("_deletes", self._delete),
+            ("_visibility", self._change_visibility),
+        ):
+            with self._changed:
+                items = getattr(self, backlog)
+                setattr(self, backlog, type(items)())
+                items = list(items.values()) if isinstance(items, dict) else items
+            try:
+                self._each_batch(items, call, backlog)
+            except SQS_ERRORS as exc:
+                error = error or exc
+        if error is not None:
+            return self._outage.failed(error)
+        self._outage.recovered()
+        # Entries refused one by one (throttling, internal errors) are retried after a pause.
+        return PARTIAL_FAILURE_PAUSE if self._refused else 0.0
+
+    def _each_batch(self, items: list[Any], call: Any, backlog: str) -> None:
+        """Call call on items ten at a time; on an SQS error, put the rest back on backlog and raise."""
+        chunks = list(batches(items))
+        for index, chunk in enumerate(chunks):
+            try:
+                call(chunk)
+            except SQS_ERRORS:
+                self._keep(backlog, [e for rest in chunks[index:] for e in rest])
+                raise
+
+    def _keep(self, backlog: str, entries: list[Any]) -> None:
+        """Put writes that were not made back on their backlog (behind any newer visibility change)."""
+        with self._changed:
+            kept = getattr(self, backlog)
+            if isinstance(kept, dict):
+                for message, seconds in entries:
+                    kept.setdefault(message.receipt_handle, (message, seconds))
+            else:
+                kept.extend(entries)
+
+    def _send_responses(self, chunk: list[tuple[Received, str]]) -> None:
+        """Send up to ten responses; queue the deletes of their requests, keep the unsent ones."""
+        answer = self.sqs.send_message_batch(
+            QueueUrl=self.urls.response,
+            Entries=[{"Id": str(i), "MessageBody": body} for i, (_, body) in enumerate(chunk)],
+        )
+        sent = {int(entry["Id"]) for entry in answer.get("Successful", [])}
+        self._refused = self._refused or len(sent) < len(chunk)
+        with self._changed:
+            self._deletes.extend(message for i, (message, _) in enumerate(chunk) if i in sent)
+            self._responses.extend(entry for i, entry in enumerate(chunk) if i not in sent)
+        for failure in answer.get("Failed", []):
+            message = chunk[int(failure["Id"])][0]
+            log.warning("response_not_sent message_id=%s: %s", message.message_id, failure.get("Code"))
+
+    def _delete(self, chunk: list[Received]) -> None:
+        """Delete up to ten answered requests; keep those SQS could not delete just now."""
+        answer = delete_batch(self.sqs, self.urls.request, [m.receipt_handle for m in chunk])
+        for failure in answer.get("Failed", []):
+            message = chunk[int(failure["Id"])]
+            if failure.get("SenderFault"):
+                # The receipt handle expired: the message is someone else's now, and they
+                # will answer it again; the duplicate response carries the same message id.
+                log.warning("delete_refused message_id=%s: %s", message.message_id, failure.get("Code"))
+            else:
+                self._refused = True
+                self._keep("_deletes", [message])
+
+    def _change_visibility(self, chunk: list[tuple[Received, int]]) -> None:
+        """Change the visibility of up to ten messages; keep those SQS could not change just now."""
+        answer = self.sqs.change_message_visibility_batch(
+            QueueUrl=self.urls.request,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": seconds}
+                for i, (m, seconds) in enumerate(chunk)
+            ],
+        )
+        for failure in answer.get("Failed", []):
+            # A sender fault means the handle expired: the message is visible again anyway.
+            if not failure.get("SenderFault"):
+                self._refused = True
+                self._keep("_visibility", [chunk[int(failure["Id"])]])
+
+    def close(self, timeout: float) -> int:
+        """Flush what is left, waiting at most timeout seconds; return how many writes were not made."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        else:
+            deadline = time.monotonic() + timeout
+            while self.pending() and time.monotonic() < deadline:
+                time.sleep(self.flush())
+        return self.pending()

@@ -1,0 +1,128 @@
+"""The receiver: long-polls the request queue while there is room for more and the maker is up.
+
+While the breaker is open it receives nothing: it probes the maker instead, so an outage of any
+length costs no receives (and no receive counts) beyond those of the requests held when it began.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from widgets.breaker import OPEN, Breaker
+from widgets.dispatcher import Dispatcher
+from widgets.heartbeat import Heartbeat
+from widgets.messages import Received
+from widgets.sqs import SQS_ERRORS, OutageLog, SQSClient
+
+log = logging.getLogger(__name__)
+
+# Pause after an empty short poll (--wait-time 0), so an idle consumer does not spin.
+IDLE_PAUSE = 0.2
+# Pause while half-open and every trial request is still out.
+TRIALS_OUT_PAUSE = 0.05
+# Longest single sleep while waiting for a probe, so stop() is noticed quickly.
+LONGEST_NAP = 1.0
+
+
+class Receiver:
+    """One thread receiving batches of requests and handing them to the dispatcher."""
+
+    def __init__(
+        self,
+        *,
+        sqs: SQSClient,
+        url: str,
+        dispatcher: Dispatcher,
+        breaker: Breaker,
+        probe: Callable[[], bool],
+        heartbeat: Heartbeat,
+        batch_size: int,
+        wait_time: int,
+        visibility_timeout: int,
+        stopping: threading.Event,
+    ) -> None:
+        """Prepare the receiver; start() runs it until stopping is set."""
+        self.sqs = sqs
+        self.url = url
+        self.dispatcher = dispatcher
+        self.breaker = breaker
+        self.probe = probe
+        self.heartbeat = heartbeat
+        self.batch_size = batch_size
+        self.wait_time = wait_time
+        self.visibility_timeout = visibility_timeout
+        self.stopping = stopping
+        self.receives = 0
+        self.last_receive = time.monotonic()
+        self._outage = OutageLog(sqs, "receiving requests")
+        self._thread = threading.Thread(target=self._run, name="receiver", daemon=True)
+
+    def start(self) -> None:
+        """Start receiving in the background."""
+        self._thread.start()
+
+    def alive(self) -> bool:
+        """Tell whether the receiving thread runs."""
+        return self._thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        """Wait up to timeout for a receive in progress to end."""
+        self._thread.join(timeout)
+
+    def receive(self, wanted: int) -> list[Received]:
+        """Receive up to wanted requests, long-polling while the queue is empty."""
+        # SQS starts the visibility clock before its answer reaches us: count from the call.
+        called_at = time.monotonic()
+        answer = self.sqs.receive_message(
+            QueueUrl=self.url,
+            MaxNumberOfMessages=wanted,
+            WaitTimeSeconds=self.wait_time,
+            VisibilityTimeout=self.visibility_timeout,
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            MessageAttributeNames=["All"],
+        )
+        self.receives += 1
+        self.last_receive = time.monotonic()
+        return [Received.from_sqs(message, called_at) for message in answer.get("Messages", [])]
+
+    def _run(self) -> None:
+        """Receive until stopped: wait for room, ask the breaker, receive, dispatch."""
+        while not self.stopping.is_set():
+            if self.breaker.state == OPEN:
+                self._wait_out_outage()
+                continue
+            wanted = self.dispatcher.wait_for_room(self.batch_size)
+            if not wanted:
+                return
+            allowed = self.breaker.allowance(wanted)
+            if allowed < wanted:
+                self.dispatcher.let_go(wanted - allowed)
+            if not allowed:
+                self.stopping.wait(TRIALS_OUT_PAUSE)
+                continue
+            try:
+                messages = self.receive(allowed)
+            except SQS_ERRORS as error:
+                self.dispatcher.let_go(allowed)
+                self.breaker.unused(allowed)
+                self.stopping.wait(self._outage.failed(error))
+                continue
+            self._outage.recovered()
+            self.dispatcher.let_go(allowed - len(messages))
+            self.breaker.unused(allowed - len(messages))
+            self.heartbeat.track(messages)
+            self.dispatcher.dispatch(messages)
+            if not messages and not self.wait_time:
+                # Short polling on an empty queue: pause rather than spin on paid calls.
+                self.stopping.wait(IDLE_PAUSE)
+
+    def _wait_out_outage(self) -> None:
+        """While the breaker is open: sleep until the next probe is due, then probe the maker."""
+        delay = self.breaker.until_probe()
+        if delay > 0:
+            self.stopping.wait(min(delay, LONGEST_NAP))
+            return
+        self.breaker.probed(self.probe())
