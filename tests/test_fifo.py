@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 from typing import Any
 
 import click
@@ -11,7 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 import widget_producer
-from widgets.messages import new_widget_id
+from widgets.messages import OK, new_widget_id, response_body
 from widgets.sqs import (
     DEAD_LETTER_QUEUE,
     REQUEST_QUEUE,
@@ -186,3 +188,148 @@ def test_a_standard_queue_named_fifo_is_refused_clearly(sqs: Any) -> None:
     sqs.create_queue(QueueName=FIFO_NAMES[0])
     with pytest.raises(click.ClickException, match="named like a FIFO queue but is a standard one"):
         ensure_queues(sqs, *FIFO_NAMES, max_receives=3)
+
+
+# The producer.
+
+
+def test_produce_count_to_fifo_in_order_with_group_and_dedup_ids(sqs: Any, fifo: QueueUrls) -> None:
+    result = produce("--group-id", "customer-42", "--count", "25")
+    assert result.exit_code == 0, result.output
+    sent = sent_lines(result)
+    assert len(sent) == 25
+    taken = take_all(sqs, fifo.request)
+    # One group, so SQS hands the requests out in the order the producer printed them.
+    assert [json.loads(m["Body"])["WidgetId"] for m in taken] == [w for _, w in sent]
+    assert [m["MessageId"] for m in taken] == [m for m, _ in sent]
+    assert {m["Attributes"]["MessageGroupId"] for m in taken} == {"customer-42"}
+    assert [m["Attributes"]["MessageDeduplicationId"] for m in taken] == [w for _, w in sent]
+
+
+def test_batches_to_a_fifo_queue_go_one_after_another(
+    sqs: Any, fifo: QueueUrls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    in_flight: list[list[str]] = []
+    overlapped = []
+    lock = threading.Lock()
+
+    def slow_batch(sqs: Any, url: str, widget_ids: list[str], *ids: Any) -> widget_producer.SendResult:
+        """Send nothing, slowly, noting whether another batch was in flight meanwhile."""
+        with lock:
+            overlapped.append(bool(in_flight))
+            in_flight.append(widget_ids)
+        time.sleep(0.02)
+        with lock:
+            in_flight.remove(widget_ids)
+        return widget_producer.SendResult(sent=[("m", w) for w in widget_ids])
+
+    monkeypatch.setattr(widget_producer, "send_batch", slow_batch)
+    widget_ids = [new_widget_id() for _ in range(50)]
+    result = widget_producer.send_requests(sqs, fifo.request, widget_ids, group_id="g")
+    assert [w for _, w in result.sent] == widget_ids
+    assert overlapped == [False] * 5
+
+
+def test_the_same_widget_sent_twice_is_one_message(sqs: Any, fifo: QueueUrls) -> None:
+    widget_id = new_widget_id()
+    for _ in range(2):
+        result = produce("--group-id", "g", "--widget-id", widget_id)
+        assert result.exit_code == 0, result.output
+    taken = take_all(sqs, fifo.request)
+    assert [json.loads(m["Body"])["WidgetId"] for m in taken] == [widget_id]
+
+
+def test_dedup_id_overrides_the_widget_id(sqs: Any, fifo: QueueUrls) -> None:
+    first, second = new_widget_id(), new_widget_id()
+    for widget_id in (first, second):
+        result = produce("--group-id", "g", "--widget-id", widget_id, "--dedup-id", "order-7")
+        assert result.exit_code == 0, result.output
+    taken = take_all(sqs, fifo.request)
+    assert [json.loads(m["Body"])["WidgetId"] for m in taken] == [first]
+    assert taken[0]["Attributes"]["MessageDeduplicationId"] == "order-7"
+
+
+def test_groups_are_kept_apart(sqs: Any, fifo: QueueUrls) -> None:
+    for group in ("a", "b"):
+        assert produce("--group-id", group, "--count", "3").exit_code == 0
+    taken = take_all(sqs, fifo.request)
+    assert sorted(m["Attributes"]["MessageGroupId"] for m in taken) == ["a"] * 3 + ["b"] * 3
+
+
+def test_produce_to_fifo_without_a_group_is_one_clear_line(sqs: Any, fifo: QueueUrls) -> None:
+    result = produce("--count", "3")
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert errors == [
+        "Error: WidgetRequestQueue.fifo is a FIFO queue: give --group-id, the group whose requests "
+        "are made in order (e.g. a customer id)"
+    ]
+    assert "Traceback" not in result.output
+    assert take_all(sqs, fifo.request) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sqs-request-queue", FIFO_NAMES[0], "--group-id", "g", "--dedup-id", "d", "--count", "2"],
+         "--dedup-id names one request; it cannot go with --count"),
+        (["--dedup-id", "d"], "--dedup-id is for FIFO queues (names ending in .fifo)"),
+        (["--sqs-request-queue", FIFO_NAMES[0], "--group-id", "two words"], "--group-id must be 1 to 128"),
+        (["--sqs-request-queue", FIFO_NAMES[0], "--group-id", "g", "--dedup-id", "x" * 129],
+         "--dedup-id must be 1 to 128"),
+    ],
+)  # fmt: skip
+def test_producer_refuses_ids_sqs_would_refuse(
+    sqs: Any, fifo: QueueUrls, queues: QueueUrls, args: list[str], message: str
+) -> None:
+    result = CliRunner().invoke(widget_producer.main, args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert take_all(sqs, fifo.request) == take_all(sqs, queues.request) == []
+
+
+def test_a_group_id_on_a_standard_queue_is_sent_for_fair_queues(sqs: Any, queues: QueueUrls) -> None:
+    result = CliRunner().invoke(widget_producer.main, ["--group-id", "tenant-1", "--count", "2"])
+    assert result.exit_code == 0, result.output
+    taken = take_all(sqs, queues.request)
+    assert len(taken) == 2
+    assert {m["Attributes"].get("MessageGroupId") for m in taken} == {"tenant-1"}
+
+
+def respond(sqs: Any, url: str, message_id: str, widget_id: str, group: str) -> None:
+    """Put a response on a FIFO response queue, as a consumer would, in the request's group."""
+    sqs.send_message(
+        QueueUrl=url,
+        MessageBody=response_body(message_id, widget_id, OK, 1),
+        MessageGroupId=group,
+        MessageDeduplicationId=f"response-{message_id}",
+    )
+
+
+def test_wait_gets_past_others_responses_ahead_in_its_group(sqs: Any, fifo: QueueUrls) -> None:
+    # Held until the end of the wait, as on a standard queue, someone else's response ahead of
+    # ours would keep ours, coming later in the same group, back until the timeout.
+    respond(sqs, fifo.response, "someone-else", new_widget_id(), "g")
+    later = threading.Timer(0.5, respond, (sqs, fifo.response, "mine", new_widget_id(), "g"))
+    later.start()
+    try:
+        found = widget_producer.wait_for_responses(sqs, fifo.response, ["mine"], timeout=3)
+    finally:
+        later.join()
+    assert found["mine"]["Status"] == OK
+    assert [json.loads(m["Body"])["MessageId"] for m in take_all(sqs, fifo.response)] == ["someone-else"]
+
+
+def test_wait_on_fifo_queues_end_to_end(sqs: Any, fifo: QueueUrls) -> None:
+    widget_id = new_widget_id()
+    sent = produce("--group-id", "g", "--widget-id", widget_id)
+    message_id = sent_lines(sent)[0][0]
+    respond(sqs, fifo.response, message_id, widget_id, "g")
+    # The same widget again within five minutes: one request, whose response this run waits for.
+    again = produce(
+        "--sqs-response-queue", FIFO_NAMES[1], "--group-id", "g", "--widget-id", widget_id,
+        "--wait", "--timeout", "3",
+    )  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert f"OK {widget_id} receive_count=1" in again.output
+    assert take_all(sqs, fifo.response) == []
