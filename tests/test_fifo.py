@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 import widget_producer
-from widgets.messages import OK, new_widget_id, response_body
+import widget_queues
+from widgets.messages import OK, new_widget_id, request_body, response_body
 from widgets.sqs import (
     DEAD_LETTER_QUEUE,
     REQUEST_QUEUE,
@@ -332,4 +333,103 @@ def test_wait_on_fifo_queues_end_to_end(sqs: Any, fifo: QueueUrls) -> None:
     )  # fmt: skip
     assert again.exit_code == 0, again.output
     assert f"OK {widget_id} receive_count=1" in again.output
+    assert take_all(sqs, fifo.response) == []
+
+
+# widget_queues.py on FIFO queues.
+
+
+def invoke_queues(command: str, *args: str) -> Result:
+    """Run a widget_queues command on the FIFO request and response queues."""
+    return CliRunner().invoke(
+        widget_queues.main,
+        [command, "--sqs-request-queue", FIFO_NAMES[0], "--sqs-response-queue", FIFO_NAMES[1], *args],
+    )
+
+
+def fill_fifo_dead_letter_queue(sqs: Any, url: str) -> list[tuple[str, str, str]]:
+    """Put requests of two groups, interleaved, on a FIFO dead-letter queue; return (group, body, id) each."""
+    sent = []
+    for index in range(6):
+        group, body = ("a", "b")[index % 2], request_body(new_widget_id())
+        answer = sqs.send_message(
+            QueueUrl=url,
+            MessageBody=body,
+            MessageGroupId=group,
+            MessageDeduplicationId=f"dead-{index}",
+            MessageAttributes={"FailureReason": {"DataType": "String", "StringValue": f"503 ({index})"}},
+        )
+        sent.append((group, body, answer["MessageId"]))
+    return sent
+
+
+def test_status_finds_the_fifo_dead_letter_queue_by_default(sqs: Any, fifo: QueueUrls) -> None:
+    fill_fifo_dead_letter_queue(sqs, fifo.dead_letter)
+    result = invoke_queues("status", "--json")
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    assert status["dead_letter"]["queue"] == FIFO_NAMES[2]
+    assert status["dead_letter"]["visible"] == 6
+    assert status["request"]["queue"] == FIFO_NAMES[0]
+
+
+def test_redrive_on_fifo_keeps_groups_order_and_attributes(sqs: Any, fifo: QueueUrls) -> None:
+    sent = fill_fifo_dead_letter_queue(sqs, fifo.dead_letter)
+    result = invoke_queues("redrive")
+    assert result.exit_code == 0, result.output
+    assert "moved 6 messages from WidgetRequestDLQ.fifo to WidgetRequestQueue.fifo" in result.output
+    moved = take_all(sqs, fifo.request)
+    for group in ("a", "b"):
+        in_group = [m for m in moved if m["Attributes"]["MessageGroupId"] == group]
+        assert [m["Body"] for m in in_group] == [body for g, body, _ in sent if g == group]
+    assert {m["MessageAttributes"]["FailureReason"]["StringValue"] for m in moved} == {
+        f"503 ({i})" for i in range(6)
+    }
+    # Fresh ids: neither the original requests' nor the same for two messages.
+    assert {m["Attributes"]["MessageDeduplicationId"] for m in moved} == {f"redrive-{i}" for _, _, i in sent}
+    assert take_all(sqs, fifo.dead_letter) == []
+
+
+def test_redrive_run_again_after_failed_deletes_sends_once(
+    sqs: Any, fifo: QueueUrls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill_fifo_dead_letter_queue(sqs, fifo.dead_letter)
+    messages = sqs.receive_message(
+        QueueUrl=fifo.dead_letter, MaxNumberOfMessages=10, MessageSystemAttributeNames=["MessageGroupId"]
+    )["Messages"]
+    real_delete = sqs.delete_message_batch
+    monkeypatch.setattr(
+        sqs,
+        "delete_message_batch",
+        lambda QueueUrl, Entries: {"Failed": [{"Id": e["Id"], "Code": "InternalError"} for e in Entries]},
+    )
+    first = widget_queues.move_batch(sqs, fifo.dead_letter, fifo.request, messages)
+    assert len(first.not_deleted) == len(messages)
+    monkeypatch.setattr(sqs, "delete_message_batch", real_delete)
+    # The run is interrupted and run again on the same dead-letter messages.
+    second = widget_queues.move_batch(sqs, fifo.dead_letter, fifo.request, messages)
+    assert second.not_deleted == []
+    assert len(take_all(sqs, fifo.request)) == len(messages)
+
+
+def test_redrive_refuses_a_standard_dead_letter_queue_for_a_fifo_request_queue(
+    sqs: Any, fifo: QueueUrls
+) -> None:
+    result = invoke_queues("redrive", "--dead-letter-queue", DEAD_LETTER_QUEUE)
+    assert result.exit_code == 2
+    assert "--dead-letter-queue WidgetRequestDLQ is a standard queue but" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_responses_on_fifo_without_delete_shows_the_head_of_each_group(sqs: Any, fifo: QueueUrls) -> None:
+    for index in range(12):
+        respond(sqs, fifo.response, f"m-{index}", new_widget_id(), "g")
+    result = invoke_queues("responses", "--json")
+    assert result.exit_code == 0, result.output
+    shown = [json.loads(line)["MessageId"] for line in result.output.splitlines() if line.startswith("{")]
+    assert shown == [f"m-{index}" for index in range(10)]
+    assert "FIFO queue: only the first responses of each group" in result.output
+    result = invoke_queues("responses", "--json", "--delete")
+    shown = [json.loads(line)["MessageId"] for line in result.output.splitlines() if line.startswith("{")]
+    assert shown == [f"m-{index}" for index in range(12)]
     assert take_all(sqs, fifo.response) == []
