@@ -218,7 +218,8 @@ def create_queue(client: SQSClient, name: str) -> str:
     try:
         url = client.create_queue(QueueName=name, Attributes={"FifoQueue": "true"})["QueueUrl"]
     except ClientError as error:
-        # Only a queue of that name that is not FIFO (which only a local SQS allows) gets here.
+        # A queue of that name with other attributes: most likely a standard one, which only a
+        # local SQS lets have a .fifo name; the check below says so.
         if error.response.get("Error", {}).get("Code") not in EXISTING_QUEUE_CODES:
             raise
         url = client.get_queue_url(QueueName=name)["QueueUrl"]
