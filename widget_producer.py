@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +18,12 @@ from widgets.sqs import (
     MAX_BATCH,
     SQSClient,
     batches,
+    check_fifo_id,
+    deduplication_id,
     delete_batch,
     describe_error,
+    fifo_fields,
+    is_fifo,
     make_client,
     queue_url,
     release,
@@ -29,6 +33,9 @@ from widgets.sqs import (
 SEND_THREADS = 8
 # Retries for the entries of a batch that SQS refused one by one (throttling, internal errors).
 ENTRY_RETRIES = 3
+# Seconds --wait pauses when a FIFO response queue brought only others' responses, which it must
+# hand back at once (see wait_for_responses), so as not to receive them again in a tight loop.
+FIFO_RECEIVE_PAUSE = 0.5
 
 
 @dataclass
@@ -40,15 +47,28 @@ class SendResult:
     error: Exception | None = None  # the SQS call that failed outright, if one did
 
 
-def send_batch(sqs: SQSClient, url: str, widget_ids: list[str]) -> SendResult:
-    """Send up to ten requests in one call, retrying the entries SQS refused one by one."""
+def send_batch(
+    sqs: SQSClient, url: str, widget_ids: list[str], group_id: str | None = None, dedup_id: str | None = None
+) -> SendResult:
+    """Send up to ten requests in one call, retrying the entries SQS refused one by one.
+
+    To a FIFO queue each carries group_id and dedup_id, or by default the widget's own
+    deduplication id, so a retried entry or a widget sent again within five minutes is one message.
+    """
     result = SendResult()
     pending = {str(index): widget_id for index, widget_id in enumerate(widget_ids)}
     for attempt in range(ENTRY_RETRIES + 1):
         try:
             answer = sqs.send_message_batch(
                 QueueUrl=url,
-                Entries=[{"Id": key, "MessageBody": request_body(wid)} for key, wid in pending.items()],
+                Entries=[
+                    {
+                        "Id": key,
+                        "MessageBody": request_body(wid),
+                        **fifo_fields(url, group_id, dedup_id or deduplication_id(wid)),
+                    }
+                    for key, wid in pending.items()
+                ],
             )
         except (BotoCoreError, ClientError) as exc:
             # What an earlier attempt sent stays reported as sent. A call that died mid-way may
@@ -76,12 +96,20 @@ def send_requests(
     widget_ids: list[str],
     threads: int = SEND_THREADS,
     on_batch: Callable[[SendResult], None] | None = None,
+    group_id: str | None = None,
+    dedup_id: str | None = None,
 ) -> SendResult:
-    """Send requests in batches of ten, several batches at once; stop at the first call that fails."""
+    """Send requests in batches of ten, several batches at once; stop at the first call that fails.
+
+    To a FIFO queue the batches go one after another: a FIFO queue keeps a group in the order
+    SQS took its messages, so batches racing each other would mix up the order of the run.
+    """
     total = SendResult()
     chunks = list(batches(widget_ids, MAX_BATCH))
+    if is_fifo(url):
+        threads = 1
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(chunks)))) as pool:
-        futures = [pool.submit(send_batch, sqs, url, chunk) for chunk in chunks]
+        futures = [pool.submit(send_batch, sqs, url, chunk, group_id, dedup_id) for chunk in chunks]
         for chunk, future in zip(chunks, futures, strict=True):
             try:
                 result = future.result()
@@ -99,13 +127,24 @@ def send_requests(
 
 
 def wait_for_responses(
-    sqs: SQSClient, url: str, message_ids: Iterable[str], timeout: float
+    sqs: SQSClient,
+    url: str,
+    message_ids: Iterable[str],
+    timeout: float,
+    by_widget: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Collect the responses to message_ids from the response queue, deleting only those.
 
     Responses to other requests stay hidden until the wait ends, then are handed back: handing
-    them back at once would have SQS return the same ones again, ahead of ours.
+    them back at once would have SQS return the same ones again, ahead of ours. On a FIFO
+    response queue they are handed back at once all the same, since while they are hidden SQS
+    holds back every later response of their group, ours included.
+
+    by_widget maps widget ids to message ids waited for: a response naming such a widget counts
+    as that message's. For a FIFO request queue, where a widget sent again within five minutes is
+    one request: the second send's message id may not be the one the response names.
     """
+    fifo = is_fifo(url)
     waiting = set(message_ids)
     found: dict[str, dict[str, Any]] = {}
     others: dict[str, str] = {}  # message id -> receipt handle of responses that are not ours
@@ -123,6 +162,9 @@ def wait_for_responses(
             for message in messages:
                 response = parse_response(message["Body"])
                 request_id = response.get("MessageId")
+                widget_id = response.get("WidgetId")
+                if by_widget and request_id not in waiting and isinstance(widget_id, str):
+                    request_id = by_widget.get(widget_id, request_id)
                 if request_id in waiting or request_id in found:  # found: a duplicate response
                     found.setdefault(request_id, response)
                     waiting.discard(request_id)
@@ -131,9 +173,35 @@ def wait_for_responses(
                     others[message["MessageId"]] = message["ReceiptHandle"]
             if mine:
                 delete_batch(sqs, url, [m["ReceiptHandle"] for m in mine])
+            if fifo and others:
+                release(sqs, url, others.values())
+                others.clear()
+                if not mine:
+                    time.sleep(min(FIFO_RECEIVE_PAUSE, max(0, deadline - time.monotonic())))
     finally:
         release(sqs, url, others.values())
     return found
+
+
+def check_fifo_options(queue: str, group_id: str | None, dedup_id: str | None, count: int) -> None:
+    """Refuse, in one line, group and deduplication ids that SQS would refuse or that make no sense."""
+    if dedup_id is not None and count != 1:
+        raise click.UsageError(
+            "--dedup-id names one request; it cannot go with --count (each request's is its widget id)"
+        )
+    if is_fifo(queue) and group_id is None:
+        raise click.UsageError(
+            f"{queue} is a FIFO queue: give --group-id, the group whose requests are made in order "
+            "(e.g. a customer id)"
+        )
+    if not is_fifo(queue) and dedup_id is not None:
+        raise click.UsageError(f"--dedup-id is for FIFO queues (names ending in .fifo), not {queue}")
+    try:
+        for value, option in ((group_id, "--group-id"), (dedup_id, "--dedup-id")):
+            if value is not None:
+                check_fifo_id(value, option)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -154,6 +222,14 @@ def wait_for_responses(
     show_default=True,
     help="Seconds --wait waits at most.",
 )
+@click.option(
+    "--group-id",
+    help="Message group of the requests; required for a FIFO queue, no default (see above).",
+)
+@click.option(
+    "--dedup-id",
+    help="Deduplication id of the one request, FIFO queues only [default: the widget id].",
+)
 def main(
     region: str | None,
     endpoint_url: str | None,
@@ -163,10 +239,22 @@ def main(
     count: int,
     wait: bool,
     timeout: float,
+    group_id: str | None,
+    dedup_id: str | None,
 ) -> None:
     """Send widget requests ({"WidgetId": "<id>"}) to the request queue.
 
     Prints one line per request sent: its message id and widget id.
+
+    A queue whose name ends in .fifo is a FIFO queue: SQS hands out the requests of one message
+    group in the order they were sent, one at a time. --group-id is required there and has no
+    default, because only you know what must stay in order: give one group to the requests
+    that must be made in order (say, one customer's) and different groups to the rest. One
+    fixed group would make every request wait for the one before it; a new group per request
+    would order nothing. Each request's deduplication id is its widget id, so a widget sent
+    again within SQS's five minutes is one request; --dedup-id sets another one for a single
+    request. On a standard queue --group-id makes SQS share the consumers fairly between
+    groups (fair queues).
 
     \b
     Examples:
@@ -174,9 +262,12 @@ def main(
         venv/bin/python widget_producer.py --widget-id=31f37378-54f4-11e5-ad75-3c970e65f731
         venv/bin/python widget_producer.py --count 500
         venv/bin/python widget_producer.py --region=ap-southeast-2 --wait
+        venv/bin/python widget_producer.py --sqs-request-queue=WidgetRequestQueue.fifo \\
+            --group-id=customer-42 --count 10
     """
     if widget_id is not None and count != 1:
         raise click.UsageError("--widget-id sends one request; it cannot go with --count")
+    check_fifo_options(sqs_request_queue, group_id, dedup_id, count)
     sqs = make_client(region, endpoint_url, max_connections=SEND_THREADS + 2)
     request_url = queue_url(sqs, sqs_request_queue)
     response_url = queue_url(sqs, sqs_response_queue) if wait else None
@@ -193,7 +284,9 @@ def main(
                 click.echo(f"{message_id} {sent_id}")
             progress.update(len(batch.sent) + len(batch.failed))
 
-        result = send_requests(sqs, request_url, widget_ids, on_batch=report)
+        result = send_requests(
+            sqs, request_url, widget_ids, on_batch=report, group_id=group_id, dedup_id=dedup_id
+        )
     elapsed = time.monotonic() - started
     if count > 1:
         rate = len(result.sent) / elapsed if elapsed > 0 else 0.0
@@ -206,7 +299,9 @@ def main(
 
     if response_url is not None:
         try:
-            responses = wait_for_responses(sqs, response_url, [m for m, _ in result.sent], timeout)
+            # On a FIFO request queue a widget sent twice is one request, answered under either send.
+            by_widget = {w: m for m, w in result.sent} if is_fifo(request_url) else None
+            responses = wait_for_responses(sqs, response_url, [m for m, _ in result.sent], timeout, by_widget)
         except (BotoCoreError, ClientError) as exc:
             raise click.ClickException(describe_error(exc, sqs, sqs_response_queue)) from exc
         for message_id, _ in result.sent:

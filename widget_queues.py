@@ -18,12 +18,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 from widgets.cli import CONTEXT_SETTINGS, sqs_options
 from widgets.messages import describe_response, parse_response
 from widgets.sqs import (
-    DEAD_LETTER_QUEUE,
     MAX_BATCH,
     MISSING_QUEUE_CODES,
+    REQUEST_QUEUE,
     SQSClient,
+    check_dead_letter_queue,
+    dead_letter_queue_name,
     delete_batch,
     describe_error,
+    fifo_fields,
+    is_fifo,
     make_client,
     queue_url,
     release,
@@ -47,11 +51,18 @@ COUNT_ATTRIBUTES: list[QueueAttributeNameType] = [
     "ApproximateNumberOfMessagesDelayed",
 ]
 
+
+def default_dead_letter_queue(context: click.Context, _: click.Parameter, value: str | None) -> str:
+    """Return the dead-letter queue given, or by default the one of the request queue's kind."""
+    # Click has already read --sqs-request-queue: it is declared first, or was given first.
+    return value or dead_letter_queue_name(context.params.get("sqs_request_queue", REQUEST_QUEUE))
+
+
 dead_letter_option = click.option(
     "--dead-letter-queue",
-    default=DEAD_LETTER_QUEUE,
-    show_default=True,
-    help="Queue that keeps requests which failed too often.",
+    callback=default_dead_letter_queue,
+    help="Queue that keeps requests which failed too often "
+    "[default: WidgetRequestDLQ, or WidgetRequestDLQ.fifo for a FIFO request queue].",
 )
 wait_time_option = click.option(
     "--wait-time",
@@ -153,10 +164,23 @@ def sendable_attributes(message: MessageTypeDef) -> dict[str, MessageAttributeVa
     return attributes
 
 
+def redrive_deduplication_id(message: MessageTypeDef) -> str:
+    """Return the deduplication id of a redriven copy: new for each message the dead-letter queue got.
+
+    Not the original request's, which SQS would take for a duplicate within five minutes of
+    it; the same for each redrive of one dead-letter message, so that a redrive interrupted
+    after sending and run again within five minutes sends the message only once.
+    """
+    return f"redrive-{message['MessageId']}"
+
+
 def move_batch(
     sqs: SQSClient, source_url: str, target_url: str, messages: list[MessageTypeDef]
 ) -> RedriveResult:
-    """Send copies of up to ten messages to the target, then delete from the source those that were sent."""
+    """Send copies of up to ten messages to the target, then delete from the source those that were sent.
+
+    A copy keeps its message group; to a FIFO queue it goes with a fresh deduplication id.
+    """
     result = RedriveResult(received=len(messages))
     entries: list[SendMessageBatchRequestEntryTypeDef] = []
     for index, message in enumerate(messages):
@@ -164,7 +188,15 @@ def move_batch(
         attributes = sendable_attributes(message)
         if attributes:
             entry["MessageAttributes"] = attributes
+        group_id = message.get("Attributes", {}).get("MessageGroupId")
+        try:
+            entry.update(fifo_fields(target_url, group_id, redrive_deduplication_id(message)))
+        except ValueError as error:
+            result.not_sent.append((message, str(error)))
+            continue
         entries.append(entry)
+    if not entries:
+        return result
     answer = sqs.send_message_batch(QueueUrl=target_url, Entries=entries)
     for failure in answer.get("Failed", []):
         result.not_sent.append((messages[int(failure["Id"])], failure_reason(failure)))
@@ -200,6 +232,7 @@ def move_messages(
             WaitTimeSeconds=wait_time,
             VisibilityTimeout=HOLD_SECONDS,
             MessageAttributeNames=["All"],
+            MessageSystemAttributeNames=["MessageGroupId"],
         ).get("Messages", [])
         if not messages:
             break
@@ -323,8 +356,10 @@ def redrive(
     """Send the dead-letter queue's requests back to be tried again.
 
     Moves every message of the dead-letter queue to the request queue, printing progress.
-    Bodies and message attributes are kept; each copy is a new message, so its receive count
-    starts again. A message leaves the dead-letter queue only after its copy was sent, so an
+    Bodies, message attributes and message groups are kept; each copy is a new message, so its
+    receive count starts again. To a FIFO queue the copies go in the order of each group, each
+    with a deduplication id of its own (not the original request's, which SQS might still take
+    for a duplicate). A message leaves the dead-letter queue only after its copy was sent, so an
     interrupted redrive loses nothing and can be run again (the messages it held come back
     within 30 seconds); at worst a few requests are then sent twice.
 
@@ -335,6 +370,10 @@ def redrive(
     """
     if dead_letter_queue == sqs_request_queue:
         raise click.UsageError("--dead-letter-queue and --sqs-request-queue must be different queues")
+    try:
+        check_dead_letter_queue(sqs_request_queue, dead_letter_queue)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
     sqs = make_client(region, endpoint_url)
     source_url = queue_url(sqs, dead_letter_queue)
     target_url = queue_url(sqs, sqs_request_queue)
@@ -395,7 +434,9 @@ def responses(
     """Print the responses waiting on the response queue.
 
     One line each: status, widget id, receive count and reason. Without --delete they stay
-    on the queue, visible again as soon as this ends.
+    on the queue, visible again as soon as this ends. On a FIFO queue SQS hands out no more
+    of a message group while some of it is held, so without --delete a run shows only the
+    first responses of each group (up to ten); --delete reads them all, in order.
 
     \b
     Examples:
@@ -417,6 +458,8 @@ def responses(
     else:
         done = "deleted them" if delete else f"left them on {sqs_response_queue}"
         click.echo(f"read {result.read} responses; {done}", err=True)
+        if is_fifo(sqs_response_queue) and not delete:
+            click.echo("FIFO queue: only the first responses of each group; --delete reads all", err=True)
     if result.not_deleted:
         message_id, reason = result.not_deleted[0]
         raise click.ClickException(

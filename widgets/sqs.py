@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import urlparse
 
 import boto3
@@ -37,6 +39,11 @@ LOCAL_REGION = "us-east-1"
 REQUEST_QUEUE = "WidgetRequestQueue"
 RESPONSE_QUEUE = "WidgetResponseQueue"
 DEAD_LETTER_QUEUE = "WidgetRequestDLQ"
+# SQS makes a queue FIFO only when asked to (FifoQueue=true), and requires a FIFO queue's name to end so.
+FIFO_SUFFIX = ".fifo"
+# SQS's rule for group and deduplication ids: 1 to 128 ASCII letters, digits and punctuation,
+# which are exactly the printable ASCII characters but space ("!" to "~").
+FIFO_ID = re.compile(r"[!-~]{1,128}")
 # SQS's own limit on entries per batch call.
 MAX_BATCH = 10
 # SQS's upper bound on a visibility timeout (and on a message's total time in flight): 12 hours.
@@ -51,6 +58,7 @@ REDRIVE_MARGIN = 2
 # The exceptions an SQS call raises: its own answers (ClientError) and everything on the way.
 SQS_ERRORS = (BotoCoreError, ClientError)
 
+EXISTING_QUEUE_CODES = {"QueueAlreadyExists", "AWS.SimpleQueueService.QueueNameExists"}
 MISSING_QUEUE_CODES = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 CREDENTIAL_CODES = {
     "InvalidClientTokenId",
@@ -62,6 +70,13 @@ CREDENTIAL_CODES = {
 }
 
 
+class FifoFields(TypedDict, total=False):
+    """The ids a message to a FIFO queue carries (a fair standard queue takes the group alone)."""
+
+    MessageGroupId: str
+    MessageDeduplicationId: str
+
+
 @dataclass(frozen=True)
 class QueueUrls:
     """The URLs of the three queues of the pipeline."""
@@ -69,6 +84,61 @@ class QueueUrls:
     request: str
     response: str
     dead_letter: str
+
+
+def is_fifo(name_or_url: str) -> bool:
+    """Tell whether a queue, given by name or URL, is a FIFO queue (SQS requires the .fifo suffix)."""
+    return name_or_url.rstrip("/").endswith(FIFO_SUFFIX)
+
+
+def dead_letter_queue_name(request: str) -> str:
+    """Return the default dead-letter queue of a request queue: a FIFO one for a FIFO request queue."""
+    return DEAD_LETTER_QUEUE + FIFO_SUFFIX if is_fifo(request) else DEAD_LETTER_QUEUE
+
+
+def check_dead_letter_queue(request: str, dead_letter: str) -> None:
+    """Raise ValueError unless the dead-letter queue is of the request queue's kind, as SQS requires."""
+    if is_fifo(request) == is_fifo(dead_letter):
+        return
+    kind, other = ("FIFO", "standard") if is_fifo(request) else ("standard", "FIFO")
+    raise ValueError(
+        f"--dead-letter-queue {dead_letter} is a {other} queue but --sqs-request-queue {request} is a "
+        f"{kind} one: SQS requires a {kind} queue's dead-letter queue to be {kind} too "
+        f"(e.g. {dead_letter_queue_name(request)})"
+    )
+
+
+def check_fifo_id(value: str, option: str) -> str:
+    """Return value if SQS takes it as a group or deduplication id, else raise ValueError naming option."""
+    if not FIFO_ID.fullmatch(value):
+        raise ValueError(f"{option} must be 1 to 128 ASCII letters, digits or punctuation: {value[:140]!r}")
+    return value
+
+
+def deduplication_id(widget_id: str) -> str:
+    """Return the deduplication id of a request for widget_id: the id if SQS takes it, else its SHA-256."""
+    if FIFO_ID.fullmatch(widget_id):
+        return widget_id
+    return hashlib.sha256(widget_id.encode()).hexdigest()
+
+
+def fifo_fields(queue: str, group_id: str | None, dedup_id: str | None) -> FifoFields:
+    """Return the ids to add to a message sent to queue (a name or URL).
+
+    A FIFO queue needs both, and ValueError says which is missing; a standard queue takes no
+    deduplication id, but a group id there makes it a fair queue, so one given is kept.
+    """
+    fields: FifoFields = {}
+    if not is_fifo(queue):
+        if group_id is not None:
+            fields["MessageGroupId"] = group_id
+        return fields
+    if group_id is None or dedup_id is None:
+        missing = "group id" if group_id is None else "deduplication id"
+        raise ValueError(f"a message to the FIFO queue {queue} needs a {missing}")
+    fields["MessageGroupId"] = group_id
+    fields["MessageDeduplicationId"] = dedup_id
+    return fields
 
 
 def is_local(endpoint_url: str) -> bool:
@@ -152,24 +222,57 @@ def queue_url(client: SQSClient, name: str) -> str:
         return client.get_queue_url(QueueName=name)["QueueUrl"]
 
 
+def create_queue(client: SQSClient, name: str) -> str:
+    """Create a queue if missing, a FIFO one if its name ends in .fifo, and return its URL.
+
+    ContentBasedDeduplication is left at SQS's default, false: every sender here gives explicit
+    deduplication ids, which win over content-based ones anyway.
+    """
+    if not is_fifo(name):
+        return client.create_queue(QueueName=name)["QueueUrl"]
+    try:
+        url = client.create_queue(QueueName=name, Attributes={"FifoQueue": "true"})["QueueUrl"]
+    except ClientError as error:
+        # A queue of that name with other attributes: most likely a standard one, which only a
+        # local SQS lets have a .fifo name; the check below says so.
+        if error.response.get("Error", {}).get("Code") not in EXISTING_QUEUE_CODES:
+            raise
+        url = client.get_queue_url(QueueName=name)["QueueUrl"]
+    attributes = client.get_queue_attributes(QueueUrl=url, AttributeNames=["FifoQueue"]).get("Attributes", {})
+    if attributes.get("FifoQueue") != "true":
+        raise click.ClickException(
+            f"queue {name} is named like a FIFO queue but is a standard one (created without "
+            "FifoQueue=true); delete it and it will be created again as a FIFO queue"
+        )
+    return url
+
+
 def ensure_queues(
     client: SQSClient, request: str, response: str, dead_letter: str, max_receives: int
 ) -> QueueUrls:
-    """Create the three queues if missing, with the request queue redriving to the dead-letter one."""
+    """Create the three queues if missing, with the request queue redriving to the dead-letter one.
+
+    A name ending in .fifo makes a FIFO queue; the dead-letter queue must be of the request
+    queue's kind (see dead_letter_queue_name).
+    """
+    try:
+        check_dead_letter_queue(request, dead_letter)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
     with user_errors(client):
-        dead_letter_url = client.create_queue(QueueName=dead_letter)["QueueUrl"]
+        dead_letter_url = create_queue(client, dead_letter)
         dead_letter_arn = client.get_queue_attributes(QueueUrl=dead_letter_url, AttributeNames=["QueueArn"])[
             "Attributes"
         ]["QueueArn"]
         # Created without attributes and then set, so an existing queue with other
         # settings is updated instead of refused with QueueAlreadyExists.
-        request_url = client.create_queue(QueueName=request)["QueueUrl"]
+        request_url = create_queue(client, request)
         redrive = {
             "deadLetterTargetArn": dead_letter_arn,
             "maxReceiveCount": str(max_receives + REDRIVE_MARGIN),
         }
         client.set_queue_attributes(QueueUrl=request_url, Attributes={"RedrivePolicy": json.dumps(redrive)})
-        response_url = client.create_queue(QueueName=response)["QueueUrl"]
+        response_url = create_queue(client, response)
     return QueueUrls(request_url, response_url, dead_letter_url)
 
 

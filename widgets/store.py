@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 SCHEMA = """
@@ -14,16 +15,38 @@ CREATE TABLE IF NOT EXISTS widgets (
     idempotency_key TEXT
 )
 """
+# Added to stores made before it, on open: the latest date_created is read on every create.
+INDEX = "CREATE INDEX IF NOT EXISTS widgets_date_created ON widgets (date_created)"
+# The smallest step date_created can tell apart.
+TICK = timedelta(microseconds=1)
+
+
+def utc_now() -> datetime:
+    """Return the current time in UTC."""
+    return datetime.now(UTC)
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Return a stored date_created as an aware datetime (UTC when the text says no zone)."""
+    parsed = datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 class WidgetStore:
-    """Widgets in an SQLite file, with one connection per thread (SQLite connections are not shared)."""
+    """Widgets in an SQLite file, with one connection per thread (SQLite connections are not shared).
 
-    def __init__(self, path: str) -> None:
-        """Open (creating if needed) the store at path."""
+    date_created is ISO 8601 UTC to the microsecond, and strictly increasing within a store
+    even when the clock steps back or two widgets share a microsecond: sorting by it gives the
+    order in which the widgets were made.
+    """
+
+    def __init__(self, path: str, clock: Callable[[], datetime] = utc_now) -> None:
+        """Open (creating if needed) the store at path; clock gives the time widgets are made."""
         self.path = path
+        self.clock = clock
         self._local = threading.local()
         self._connection().execute(SCHEMA)
+        self._connection().execute(INDEX)
 
     def _connection(self) -> sqlite3.Connection:
         """Return this thread's connection, opening it on first use."""
@@ -42,12 +65,23 @@ class WidgetStore:
     def create(self, widget_id: str, idempotency_key: str | None = None) -> tuple[dict[str, Any], bool]:
         """Store a widget unless it exists; return the stored widget and whether it was new."""
         connection = self._connection()
-        now = datetime.now(UTC).isoformat(timespec="microseconds")
-        cursor = connection.execute(
-            "INSERT INTO widgets (widget_id, date_created, idempotency_key) VALUES (?, ?, ?)"
-            " ON CONFLICT (widget_id) DO NOTHING",
-            (widget_id, now, idempotency_key),
-        )
+        # IMMEDIATE takes the write lock first, so no other writer comes between reading the
+        # latest date_created and inserting after it.
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            latest = connection.execute("SELECT max(date_created) FROM widgets").fetchone()[0]
+            created = self.clock().astimezone(UTC)
+            if latest is not None:
+                created = max(created, parse_timestamp(latest) + TICK)
+            cursor = connection.execute(
+                "INSERT INTO widgets (widget_id, date_created, idempotency_key) VALUES (?, ?, ?)"
+                " ON CONFLICT (widget_id) DO NOTHING",
+                (widget_id, created.isoformat(timespec="microseconds"), idempotency_key),
+            )
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
         widget = self.get(widget_id)
         assert widget is not None, "a widget just inserted or found must be there"
         return widget, cursor.rowcount == 1
