@@ -254,8 +254,9 @@ def watch(
         if count is not None and done >= count:
             return
         # Steady refreshes; when a fetch took longer than the interval, the next one starts at once.
-        due = max(due + interval, clock())
-        sleep(due - clock())
+        now = clock()
+        due = max(due + interval, now)
+        sleep(due - now)
 
 
 def redraw(lines: list[str], drawn: int) -> str:

@@ -611,6 +611,21 @@ def test_watch_waits_no_more_after_a_slow_refresh(sqs: SQSClient, busy: QueueUrl
     assert fake.sleeps == [0.0, 1.5]
 
 
+def test_watch_never_sleeps_a_negative_time_on_a_clock_that_moves(sqs: SQSClient, busy: QueueUrls) -> None:
+    fake = FakeTime()
+
+    def ticking_clock() -> float:
+        """Move on a little at every reading, as a real clock does while the watch works."""
+        fake.now += 0.3
+        return fake.now
+
+    widget_queues.watch(
+        watched(sqs), lambda refresh: None, 0.5, count=4, clock=ticking_clock, sleep=fake.sleep
+    )
+    assert len(fake.sleeps) == 3
+    assert all(seconds >= 0 for seconds in fake.sleeps)
+
+
 def test_redraw_moves_up_over_what_it_drew_and_fits_the_width(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "8")
     assert widget_queues.redraw(["one", "a long line"], 0) == "\r\x1b[Jone\na long l\n"
