@@ -176,7 +176,7 @@ def format_rate(rate: float | None) -> str:
         return ""
     if rate == 0:
         return "0"
-    return f"{rate:+.2f}" if abs(rate) < 1 else f"{rate:+.1f}"
+    return f"{rate:+.2f}" if round(abs(rate), 2) < 1 else f"{rate:+.1f}"
 
 
 def watch_table(refresh: Refresh) -> list[str]:

@@ -557,7 +557,8 @@ def test_watch_shows_how_fast_each_count_changes(sqs: SQSClient, busy: QueueUrls
 
 
 @pytest.mark.parametrize(
-    ("rate", "shown"), [(None, ""), (0.0, "0"), (0.25, "+0.25"), (-1 / 60, "-0.02"), (12.345, "+12.3")]
+    ("rate", "shown"),
+    [(None, ""), (0.0, "0"), (0.25, "+0.25"), (-1 / 60, "-0.02"), (-0.999, "-1.0"), (12.345, "+12.3")],
 )
 def test_rates_for_people(rate: float | None, shown: str) -> None:
     assert widget_queues.format_rate(rate) == shown
