@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -92,6 +91,9 @@ class ScriptedMaker:
         self.status = 201
         self.delay = 0.0
         self.requests: list[dict[str, Any]] = []
+        # Set when the test ends: a delayed answer is then dropped, not written minutes later into
+        # another test's captured stderr (as a BrokenPipe traceback from the server thread).
+        self.stopped = threading.Event()
 
 
 @pytest.fixture
@@ -103,13 +105,17 @@ def scripted_maker() -> Iterator[tuple[ScriptedMaker, str]]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             script.requests.append({"body": self.rfile.read(length), "headers": dict(self.headers)})
-            time.sleep(script.delay)
+            if script.stopped.wait(script.delay):
+                return
             body = json.dumps({"error": "scripted"}).encode()
-            self.send_response(script.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.send_response(script.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the consumer stopped waiting (its HTTP timeout), as some tests make it
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -117,4 +123,5 @@ def scripted_maker() -> Iterator[tuple[ScriptedMaker, str]]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     stop = serve_in_thread(server)
     yield script, f"http://127.0.0.1:{server.server_address[1]}/add"
+    script.stopped.set()
     stop()
