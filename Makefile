@@ -32,7 +32,7 @@ consumer: all  ## the consumer, on the local SQS unless ARGS says otherwise
 produce: all  ## send requests: make produce ARGS="--count 10 --wait"
 	$(PYTHON) widget_producer.py $(ARGS)
 
-status: all  ## messages visible, in flight and delayed on each queue: make status ARGS="--json"
+status: all  ## messages visible, in flight and delayed on each queue: make status ARGS="--json" or ARGS="--watch"
 	$(PYTHON) widget_queues.py status $(ARGS)
 
 redrive: all  ## move the dead-letter queue's requests back to the request queue: make redrive ARGS="--max 100"

@@ -93,6 +93,9 @@ class ScriptedMaker:
         self.delay = 0.0
         self.headers: dict[str, str] = {}
         self.requests: list[dict[str, Any]] = []
+        # Set when the test ends: a delayed answer is then dropped, not written minutes later into
+        # another test's captured stderr (as a BrokenPipe traceback from the server thread).
+        self.stopped = threading.Event()
 
 
 @pytest.fixture
@@ -106,15 +109,19 @@ def scripted_maker() -> Iterator[tuple[ScriptedMaker, str]]:
             script.requests.append(
                 {"body": self.rfile.read(length), "headers": dict(self.headers), "at": time.monotonic()}
             )
-            time.sleep(script.delay)
+            if script.stopped.wait(script.delay):
+                return
             body = json.dumps({"error": "scripted"}).encode()
-            self.send_response(script.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            for name, value in script.headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.send_response(script.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for name, value in script.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the consumer stopped waiting (its HTTP timeout), as some tests make it
 
         def do_GET(self) -> None:
             # /healthz: up, whatever the scripted answer to POSTs (the breaker's probe).
@@ -128,4 +135,5 @@ def scripted_maker() -> Iterator[tuple[ScriptedMaker, str]]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     stop = serve_in_thread(server)
     yield script, f"http://127.0.0.1:{server.server_address[1]}/add"
+    script.stopped.set()
     stop()
