@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -113,6 +112,9 @@ class ScriptedMaker:
         self.status = 201
         self.delay = 0.0
         self.requests: list[dict[str, Any]] = []
+        # Set when the test ends, so no answer still waiting out its delay outlives the test
+        # (a late traceback from its thread would land in whatever test runs then).
+        self.released = threading.Event()
 
 
 @pytest.fixture
@@ -124,13 +126,16 @@ def scripted_maker() -> Iterator[tuple[ScriptedMaker, str]]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             script.requests.append({"body": self.rfile.read(length), "headers": dict(self.headers)})
-            time.sleep(script.delay)
+            script.released.wait(script.delay)
             body = json.dumps({"error": "scripted"}).encode()
-            self.send_response(script.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.send_response(script.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the consumer gave up on this call (timed out, stopped or killed)
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -138,4 +143,5 @@ def scripted_maker() -> Iterator[tuple[ScriptedMaker, str]]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     stop = serve_in_thread(server)
     yield script, f"http://127.0.0.1:{server.server_address[1]}/add"
+    script.released.set()
     stop()
