@@ -2,13 +2,13 @@
 
 The real scripts run against each local SQS server (fauxqs, moto's) with short timings: two
 consumers compete for a stream of valid requests mixed with invalid widget ids and garbage
-bodies, and while the requests flow the maker is stopped and restarted twice (the second
-time for longer than five retry windows), one consumer is killed with SIGKILL (and
-restarted), and one is stopped with SIGTERM (and restarted). At the end a few requests the maker is told to refuse with 500
-(--fail-widget-id) end FAILED on purpose, and nothing else may. The truth is what was
-sent (the message ids the producer printed and boto3 returned); at the end the maker's SQLite
-file, the response queue, the request queue and the dead-letter queue are checked against it,
-and the checks are printed as a table.
+bodies, and while the requests flow the maker is stopped and restarted twice (the second time
+for longer than five retry windows), one consumer is killed with SIGKILL (and restarted), and
+one is stopped with SIGTERM (and restarted). At the end a few requests the maker is told to
+refuse with 500 (--fail-widget-id) end FAILED on purpose, and nothing else may. The truth is
+what was sent (the message ids the producer printed and boto3 returned); at the end the
+maker's SQLite file, the response queue, the request queue and the dead-letter queue are
+checked against it, and the checks are printed as a table.
 
 `make test` runs the small size; `make chaos` (CHAOS_SIZE=full) runs the full one.
 
