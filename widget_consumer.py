@@ -132,6 +132,8 @@ class Consumer:
             wait_time=settings.wait_time,
             visibility_timeout=settings.visibility_timeout,
             stopping=self.stopping,
+            # One receive in flight per batch the dispatcher can hold.
+            threads=-(-self.dispatcher.capacity // settings.batch_size),
         )
         self.handle = self.handler.handle
         self.counts = self.handler.counts
@@ -337,7 +339,8 @@ def main(
     )
     validate(settings)
     configure_logging(log_level, log_format)
-    sqs = make_client(region, endpoint_url, max_connections=workers + 4, read_timeout=wait_time + 20)
+    # Connections for the receives, the outbox's batch calls and each worker's dead-letter copy.
+    sqs = make_client(region, endpoint_url, max_connections=2 * workers + 8, read_timeout=wait_time + 20)
     names = (sqs_request_queue, sqs_response_queue, dead_letter_queue)
     if create_queues:
         urls = ensure_queues(sqs, *names, max_receives=max_receives)

@@ -3,8 +3,8 @@
 The real scripts run against each local SQS server (fauxqs, moto's) with short timings: two
 consumers compete for a stream of valid requests mixed with invalid widget ids and garbage
 bodies, and while the requests flow the maker is stopped and restarted twice (the second time
-for longer than five retry windows), one consumer is killed with SIGKILL (and restarted), and
-one is stopped with SIGTERM (and restarted). At the end a few requests the maker is told to
+for longer than five retry windows), a third consumer is killed with SIGKILL, and one is
+stopped with SIGTERM (and restarted). At the end a few requests the maker is told to
 refuse with 500 (--fail-widget-id) end FAILED on purpose, and nothing else may. The truth is
 what was sent (the message ids the producer printed and boto3 returned); at the end the
 maker's SQLite file, the response queue, the request queue and the dead-letter queue are
@@ -13,11 +13,11 @@ checked against it, and the checks are printed as a table.
 `make test` runs the small size; `make chaos` (CHAOS_SIZE=full) runs the full one.
 
 Faults, all while requests flow: the maker stopped (SIGTERM) and restarted twice, the second
-outage five times --max-receives x --retry-delay long, which the breaker rides out; consumer A
-killed with SIGKILL after the maker answered but before its SQS writes were made (the maker is
-paused with SIGSTOP so A surely holds requests, then SQS is paused while the maker resumes),
-and restarted; consumer B stopped with SIGTERM while its workers wait on a paused maker, and
-restarted.
+outage five times --max-receives x --retry-delay long, which the breaker rides out; a consumer
+K killed with SIGKILL after the maker answered but before its SQS writes were made (A and B are
+paused so K takes the next group, the maker is paused with SIGSTOP so K surely holds requests,
+then SQS is paused while the maker resumes); consumer B stopped with SIGTERM while its
+workers wait on a paused maker, and restarted.
 
 Each protection, removed in a scratch copy of the code, makes these checks fail:
 - the maker's idempotency (ON CONFLICT DO NOTHING, 200 for a repeat): repeated widget ids and
@@ -699,30 +699,33 @@ def run_chaos(size: Size, tmp: Path, sqs_kind: str) -> tuple[list[Check], Stack]
 
         retried_first = outage(1, 1)
 
-        # Consumer A is killed between the maker's answers and the SQS writes about them: the
-        # maker pauses so A surely holds requests, then SQS pauses and the maker resumes, so A
-        # gets its answers (the widgets are made) but its responses and deletes wait on SQS.
-        # Whatever A had written reaches SQS when it resumes; the rest is redelivered after
-        # the visibility timeout and must end the same way, without a second widget.
+        # A consumer is killed between the maker's answers and the SQS writes about them: A and
+        # B pause, so a fresh consumer K is the only one to take the next group; the maker pauses
+        # so K surely holds requests, then SQS pauses and the maker resumes, so K gets its
+        # answers (the widgets are made) but its responses and deletes wait on SQS. Whatever K
+        # had written reaches SQS when it resumes; the rest is redelivered after the visibility
+        # timeout and must end the same way, without a second widget.
+        for consumer in consumers:
+            consumer.signal(signal.SIGSTOP)
+        victim = stack.add(start_consumer(endpoint, maker_url, CONSUMER_ARGS, name="consumer-K"))
         in_flight = freeze_maker(2)
         sqs_process.signal(signal.SIGSTOP)
-        unwritten_from = len(first.lines)
+        unwritten_from = len(victim.lines)
         maker.signal(signal.SIGCONT)
         time.sleep(0.5)
-        first.kill()
+        victim.kill()
         sqs_process.signal(signal.SIGCONT)
+        for consumer in consumers:
+            consumer.signal(signal.SIGCONT)
         unwritten = [
             m.group(1)
-            for line in first.lines[unwritten_from:]
+            for line in victim.lines[unwritten_from:]
             if (m := re.search(r" message_id=(\S+)", line))
         ]
         clock.say(
-            f"fault 2: consumer A killed with SIGKILL ({in_flight} requests in flight, "
-            f"{len(unwritten)} outcomes not yet written to SQS)"
+            f"fault 2: consumer K killed with SIGKILL ({in_flight} requests in flight, "
+            f"{len(unwritten)} outcomes not yet written to SQS); A and B resumed"
         )
-        first = stack.add(start_consumer(endpoint, maker_url, CONSUMER_ARGS, name="consumer-A2"))
-        consumers[0] = first
-        clock.say("fault 2: consumer A2 started")
 
         retried_second = outage(2, 3)
 
