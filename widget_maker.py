@@ -5,14 +5,16 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import time
 from typing import Any
 
 import click
-from flask import Flask, current_app, jsonify, render_template_string, request
+from flask import Flask, Response, current_app, g, jsonify, render_template_string, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from widgets.logs import FORMATS, LEVELS, configure_logging
+from widgets.maker_metrics import MakerMetrics
 from widgets.messages import is_valid_widget_id
 from widgets.store import WidgetStore
 
@@ -62,6 +64,12 @@ def store() -> WidgetStore:
     return widget_store
 
 
+def metrics() -> MakerMetrics:
+    """Return the app's metrics."""
+    app_metrics: MakerMetrics = current_app.extensions["widget_metrics"]
+    return app_metrics
+
+
 def error(status: int, message: str) -> ResponseReturnValue:
     """Return a JSON error response."""
     return jsonify(error=message, status=status), status
@@ -97,8 +105,10 @@ def add_widget() -> ResponseReturnValue:
     key = request.headers.get("Idempotency-Key")
     widget, created = store().create(widget_id, key[:200] if key else None)
     if not created:
+        metrics().idempotent_repeats.inc()
         log.info("widget_exists widget_id=%s", widget_id, extra={"widget_id": widget_id})
         return jsonify(widget), 200
+    metrics().widgets_created.inc()
     log.info("widget_created widget_id=%s", widget_id, extra={"widget_id": widget_id})
     return jsonify(widget), 201, {"Location": f"/widget/{widget_id}"}
 
@@ -114,6 +124,26 @@ def get_widget(widget_id: str) -> ResponseReturnValue:
 def healthz() -> ResponseReturnValue:
     """Answer that the maker is up."""
     return jsonify(status="ok")
+
+
+def metrics_page() -> ResponseReturnValue:
+    """Answer the app's metrics in the Prometheus text format (or OpenMetrics, if asked for)."""
+    body, content_type = metrics().render(request.headers.get("Accept"))
+    return Response(body, content_type=content_type)
+
+
+def start_timer() -> None:
+    """Note when the request started, for its latency."""
+    g.request_started = time.perf_counter()
+
+
+def count_request(response: Response) -> Response:
+    """Count the answered request by its URL rule (never the raw path: labels stay bounded)."""
+    started = g.pop("request_started", None)
+    seconds = time.perf_counter() - started if started is not None else None
+    rule = request.url_rule.rule if request.url_rule is not None else None
+    metrics().observe_request(rule, request.method, response.status_code, seconds)
+    return response
 
 
 def index() -> ResponseReturnValue:
@@ -138,9 +168,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if test_config is not None:
         app.config.update(test_config)
     app.extensions["widget_store"] = WidgetStore(app.config["DATABASE"])
+    app.extensions["widget_metrics"] = MakerMetrics()
+    app.before_request(start_timer)
+    app.after_request(count_request)
     app.add_url_rule("/add", view_func=add_widget, methods=["POST"])
     app.add_url_rule("/widget/<widget_id>", view_func=get_widget)
     app.add_url_rule("/healthz", view_func=healthz)
+    app.add_url_rule("/metrics", view_func=metrics_page)
     app.add_url_rule("/", view_func=index)
     app.register_error_handler(HTTPException, http_error)
     return app
@@ -181,6 +215,8 @@ def main(
     fail_widget_id: tuple[str, ...],
 ) -> None:
     """Serve the widget maker: POST /add creates a widget, GET /widget/ID shows one.
+
+    GET /metrics answers its Prometheus metrics, GET /healthz whether it is up.
 
     Set WIDGET_MAKER_TOKEN to require "Authorization: Bearer <token>" on POST /add.
 

@@ -7,7 +7,11 @@ not deal with becomes visible again after HOLD_SECONDS.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -64,6 +68,13 @@ dead_letter_option = click.option(
     help="Queue that keeps requests which failed too often "
     "[default: WidgetRequestDLQ, or WidgetRequestDLQ.fifo for a FIFO request queue].",
 )
+# Seconds between refreshes of status --watch: its default and the range it accepts.
+WATCH_SECONDS = 2.0
+WATCH_RANGE = (0.5, 3600.0)
+# The counts a watch follows, as QueueStatus fields.
+WATCHED_COUNTS = ("visible", "in_flight", "delayed")
+Rates = tuple[float | None, ...]  # per second, one for each of WATCHED_COUNTS; None when unknown
+
 wait_time_option = click.option(
     "--wait-time",
     type=click.IntRange(0, 20),
@@ -149,6 +160,133 @@ def status_table(statuses: dict[str, QueueStatus]) -> list[str]:
         ).rstrip()
         for row in rows
     ]
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """One look at the queues during a watch: counts and how fast they change, or why there are none."""
+
+    statuses: dict[str, QueueStatus]
+    rates: dict[str, Rates]  # by role, per second since the previous refresh
+    error: str | None = None
+
+
+def change_rates(before: QueueStatus | None, after: QueueStatus, seconds: float) -> Rates:
+    """Return how fast each watched count changed per second from before to after (None where unknown)."""
+    rates: list[float | None] = []
+    for name in WATCHED_COUNTS:
+        old = getattr(before, name) if before is not None else None
+        new = getattr(after, name)
+        rates.append((new - old) / seconds if old is not None and new is not None and seconds > 0 else None)
+    return tuple(rates)
+
+
+def format_rate(rate: float | None) -> str:
+    """Return a rate per second for people: signed, two decimals below one, blank when unknown."""
+    if rate is None:
+        return ""
+    if rate == 0:
+        return "0"
+    return f"{rate:+.2f}" if round(abs(rate), 2) < 1 else f"{rate:+.1f}"
+
+
+def watch_table(refresh: Refresh) -> list[str]:
+    """Return the lines of the live table: each watched count followed by its rate per second."""
+    if refresh.error is not None:
+        return [f"error: {refresh.error}"]
+    rows: list[tuple[str, ...]] = [("role", "queue", "visible", "/s", "in flight", "/s", "delayed", "/s")]
+    for role, queue in refresh.statuses.items():
+        cells: list[str] = [role.replace("_", " "), queue.queue]
+        if queue.url is None:
+            cells += ["missing", "", "", "", "", ""]
+        else:
+            for name, rate in zip(WATCHED_COUNTS, refresh.rates[role], strict=True):
+                cells += [str(getattr(queue, name)), format_rate(rate)]
+        rows.append(tuple(cells))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.rjust(width) if column >= 2 else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def watch_line(refresh: Refresh, clock_time: str) -> str:
+    """Return one refresh as one line (for logs and pipes): the time, then each queue's counts and rates."""
+    if refresh.error is not None:
+        return f"{clock_time} error: {refresh.error}"
+    parts = []
+    for role, queue in refresh.statuses.items():
+        if queue.url is None:
+            parts.append(f"{role} missing")
+            continue
+        counts = []
+        for name, rate in zip(WATCHED_COUNTS, refresh.rates[role], strict=True):
+            shown = format_rate(rate)
+            counts.append(f"{name}={getattr(queue, name)}" + (f" ({shown}/s)" if shown else ""))
+        parts.append(f"{role} {' '.join(counts)}")
+    return f"{clock_time} {'; '.join(parts)}"
+
+
+def watch(
+    fetch: Callable[[], dict[str, QueueStatus]],
+    show: Callable[[Refresh], None],
+    interval: float,
+    count: int | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Fetch the statuses every interval seconds and show each refresh with its rates, count times or forever.
+
+    An error on the first fetch ends the watch (the queues or credentials are wrong); a later
+    one is shown and the watch goes on, so that it outlasts a restart of the SQS it watches.
+    """
+    previous: tuple[float, dict[str, QueueStatus]] | None = None
+    done = 0
+    due = clock()
+    while True:
+        fetched_at = clock()
+        try:
+            statuses = fetch()
+        except click.ClickException as error:
+            if done == 0:
+                raise
+            show(Refresh({}, {}, error.format_message()))
+            previous = None
+        else:
+            seconds = fetched_at - previous[0] if previous is not None else 0.0
+            before = previous[1] if previous is not None else {}
+            rates = {role: change_rates(before.get(role), queue, seconds) for role, queue in statuses.items()}
+            show(Refresh(statuses, rates))
+            previous = (fetched_at, statuses)
+        done += 1
+        if count is not None and done >= count:
+            return
+        # Steady refreshes; when a fetch took longer than the interval, the next one starts at once.
+        now = clock()
+        due = max(due + interval, now)
+        sleep(due - now)
+
+
+def redraw(lines: list[str], drawn: int) -> str:
+    """Return what redraws lines in place of the drawn lines above the cursor on a terminal."""
+    width = shutil.get_terminal_size().columns
+    # Lines cut to the width, so none wraps and the next redraw moves up exactly as many lines.
+    body = "".join(line[:width] + "\n" for line in lines)
+    up = f"\x1b[{drawn}A" if drawn else ""
+    return f"{up}\r\x1b[J{body}"
+
+
+def watch_seconds(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """Check the seconds given to --watch."""
+    low, high = WATCH_RANGE
+    if value is not None and not low <= value <= high:  # written so that nan fails too
+        raise click.BadParameter(
+            f"give the seconds between refreshes, from {low:g} to {high:g} (got {value:g})"
+        )
+    return value
 
 
 def sendable_attributes(message: MessageTypeDef) -> dict[str, MessageAttributeValueTypeDef]:
@@ -309,6 +447,18 @@ def main() -> None:
 @sqs_options
 @dead_letter_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option(
+    "--watch",
+    type=float,
+    is_flag=False,
+    flag_value=WATCH_SECONDS,
+    default=None,
+    metavar="[SECONDS]",
+    callback=watch_seconds,
+    help=f"Refresh every SECONDS ({WATCH_SECONDS:g} if not given) with each count's rate of change, "
+    "until Ctrl-C.",
+)
+@click.option("--count", type=click.IntRange(1), help="With --watch: stop after this many refreshes.")
 def status(
     region: str | None,
     endpoint_url: str | None,
@@ -316,6 +466,8 @@ def status(
     sqs_response_queue: str,
     dead_letter_queue: str,
     as_json: bool,
+    watch: float | None,
+    count: int | None,
 ) -> None:
     """Show each queue's messages: visible, in flight and delayed.
 
@@ -323,20 +475,70 @@ def status(
     queue that does not exist shows as missing. The age of the oldest message is n/a: SQS
     reports it only to CloudWatch (ApproximateAgeOfOldestMessage).
 
+    With --watch the table is redrawn in place, with how fast each count changes (per second,
+    since the previous refresh); when the output is not a terminal, each refresh is one line
+    (with --json, one JSON object).
+
     \b
     Examples:
         venv/bin/python widget_queues.py status
         venv/bin/python widget_queues.py status --json --region=ap-southeast-2
+        venv/bin/python widget_queues.py status --watch
+        venv/bin/python widget_queues.py status --watch 10 --count 6 >> queues.log
     """
+    if count is not None and watch is None:
+        raise click.UsageError("--count needs --watch")
     sqs = make_client(region, endpoint_url)
     names = {"request": sqs_request_queue, "response": sqs_response_queue, "dead_letter": dead_letter_queue}
-    statuses = {role: queue_status(sqs, name) for role, name in names.items()}
+
+    def fetch() -> dict[str, QueueStatus]:
+        """Return every queue's status by role."""
+        return {role: queue_status(sqs, name) for role, name in names.items()}
+
+    if watch is not None:
+        watch_queues(sqs.meta.endpoint_url, fetch, watch, count, as_json)
+        return
+    statuses = fetch()
     if as_json:
         click.echo(json.dumps({role: asdict(queue) for role, queue in statuses.items()}))
         return
     click.echo(f"queues at {sqs.meta.endpoint_url}")
     for line in status_table(statuses):
         click.echo(line)
+
+
+def watch_queues(
+    endpoint: str,
+    fetch: Callable[[], dict[str, QueueStatus]],
+    interval: float,
+    count: int | None,
+    as_json: bool,
+) -> None:
+    """Run status --watch: a table redrawn in place on a terminal, else a line per refresh, until Ctrl-C."""
+    in_place = sys.stdout.isatty() and not as_json
+    drawn = 0
+
+    def show(refresh: Refresh) -> None:
+        """Print one refresh in the form the output calls for."""
+        nonlocal drawn
+        now = time.strftime("%H:%M:%S")
+        if as_json:
+            queues = {role: asdict(queue) for role, queue in refresh.statuses.items()}
+            click.echo(json.dumps({"error": refresh.error} if refresh.error is not None else queues))
+        elif in_place:
+            lines = [
+                f"{now}  queues at {endpoint}, every {interval:g}s (Ctrl-C stops)",
+                *watch_table(refresh),
+            ]
+            click.echo(redraw(lines, drawn), nl=False)
+            drawn = len(lines)
+        else:
+            click.echo(watch_line(refresh, now))
+
+    if not in_place:
+        click.echo(f"queues at {endpoint}, every {interval:g}s (Ctrl-C stops)", err=True)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a watch ends
+        watch(fetch, show, interval, count)
 
 
 @main.command(context_settings=CONTEXT_SETTINGS)

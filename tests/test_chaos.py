@@ -1,14 +1,14 @@
 """Chaos test: nothing lost, nothing made twice, while the maker and the consumers are knocked over.
 
-The real scripts run against a moto server with short timings: two consumers compete for a
-stream of valid requests mixed with invalid widget ids and garbage bodies, and while the
-requests flow the maker is stopped and restarted twice (the second time for longer than five
-retry windows), one consumer is killed with SIGKILL (and restarted), and one is stopped with
-SIGTERM (and restarted). At the end a few requests the maker is told to refuse with 500
-(--fail-widget-id) end FAILED on purpose, and nothing else may. The truth is what was
-sent (the message ids the producer printed and boto3 returned); at the end the maker's SQLite
-file, the response queue, the request queue and the dead-letter queue are checked against it,
-and the checks are printed as a table.
+The real scripts run against each local SQS server (fauxqs, moto's) with short timings: two
+consumers compete for a stream of valid requests mixed with invalid widget ids and garbage
+bodies, and while the requests flow the maker is stopped and restarted twice (the second time
+for longer than five retry windows), one consumer is killed with SIGKILL (and restarted), and
+one is stopped with SIGTERM (and restarted). At the end a few requests the maker is told to
+refuse with 500 (--fail-widget-id) end FAILED on purpose, and nothing else may. The truth is
+what was sent (the message ids the producer printed and boto3 returned); at the end the
+maker's SQLite file, the response queue, the request queue and the dead-letter queue are
+checked against it, and the checks are printed as a table.
 
 `make test` runs the small size; `make chaos` (CHAOS_SIZE=full) runs the full one.
 
@@ -636,7 +636,7 @@ def outcome_checks(
     return checks
 
 
-def run_chaos(size: Size, tmp: Path) -> tuple[list[Check], Stack]:
+def run_chaos(size: Size, tmp: Path, sqs_kind: str) -> tuple[list[Check], Stack]:
     """Run the whole scenario at the given size; return the checks and the processes' logs."""
     clock = Clock()
     stack = Stack()
@@ -644,7 +644,7 @@ def run_chaos(size: Size, tmp: Path) -> tuple[list[Check], Stack]:
     checks: list[Check] = []
     senders: list[Sender] = []
     try:
-        sqs_process, endpoint = start_sqs()
+        sqs_process, endpoint = start_sqs(kind=sqs_kind)
         stack.add(sqs_process)
         maker_port = free_port()
         doomed_ids = [new_widget_id() for _ in range(size.doomed)]
@@ -658,7 +658,10 @@ def run_chaos(size: Size, tmp: Path) -> tuple[list[Check], Stack]:
         request_url = sqs.get_queue_url(QueueName=REQUEST_QUEUE)["QueueUrl"]
         response_url = sqs.get_queue_url(QueueName=RESPONSE_QUEUE)["QueueUrl"]
         dead_url = sqs.get_queue_url(QueueName=DEAD_LETTER_QUEUE)["QueueUrl"]
-        clock.say(f"started: sqs {endpoint}, maker {base}, consumers A and B ({' '.join(CONSUMER_ARGS)})")
+        clock.say(
+            f"started: sqs ({sqs_kind}) {endpoint}, maker {base}, "
+            f"consumers A and B ({' '.join(CONSUMER_ARGS)})"
+        )
 
         sender = Sender(endpoint, sqs, request_url, size, clock)
         senders.append(sender)
@@ -843,10 +846,10 @@ def run_chaos(size: Size, tmp: Path) -> tuple[list[Check], Stack]:
 @pytest.mark.parametrize(
     "size", [pytest.param(SIZE, id=SIZE.name, marks=pytest.mark.timeout(SIZE.time_limit))]
 )
-def test_chaos(size: Size, tmp_path: Path) -> None:
+def test_chaos(size: Size, sqs_kind: str, tmp_path: Path) -> None:
     """Faults while requests flow: every request ends exactly once, every valid widget exists exactly once."""
     started = time.monotonic()
-    checks, stack = run_chaos(size, tmp_path)
+    checks, stack = run_chaos(size, tmp_path, sqs_kind)
     print_table(checks)
     failed = [c.name for c in checks if not c.ok]
     if failed:
@@ -857,5 +860,5 @@ def test_chaos(size: Size, tmp_path: Path) -> None:
                 seen[re.sub(r"^(\S+: )\d{4}-\d\d-\d\d [\d:,]+ ", r"\1", line)] += 1
         for line, times in list(seen.items())[:30]:
             print(f"{times:4d} x {line}")
-    print(f"chaos ({size.name}) took {time.monotonic() - started:.1f}s")
+    print(f"chaos ({size.name}, {sqs_kind}) took {time.monotonic() - started:.1f}s")
     assert not failed, f"chaos checks failed: {failed}"

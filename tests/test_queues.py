@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import re
+import select
+import signal
+import struct
+import subprocess
+import termios
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 from moto import mock_aws
 
 import widget_queues
-from devtools.stack import free_port, run_script, start_sqs
+from devtools.stack import PYTHON, ROOT, Process, free_port, run_script, script_env, start_sqs
 from widgets.messages import FAILED, OK, REJECTED, new_widget_id, request_body, response_body
 from widgets.sqs import (
     DEAD_LETTER_QUEUE,
@@ -436,9 +447,9 @@ def test_read_responses_stops_when_only_seen_ones_come_back(
 
 
 @pytest.fixture
-def sqs_server() -> Iterator[str]:
-    """Run a local SQS (moto's server) on a free port; return its endpoint."""
-    process, endpoint = start_sqs()
+def sqs_server(sqs_kind: str) -> Iterator[str]:
+    """Run a local SQS server (each kind in turn) on a free port; return its endpoint."""
+    process, endpoint = start_sqs(kind=sqs_kind)
     try:
         yield endpoint
     finally:
@@ -485,3 +496,270 @@ def test_an_unreachable_endpoint_is_no_traceback() -> None:
     result = run_script("widget_queues.py", ["redrive", "--endpoint-url", endpoint], timeout=60)
     assert result.returncode == 1
     assert result.stderr == f"Error: cannot reach SQS at {endpoint} (is the local SQS running? make sqs)\n"
+
+
+# status --watch
+
+
+def watched(sqs: SQSClient) -> Callable[[], dict[str, widget_queues.QueueStatus]]:
+    """Return what status --watch fetches: the three queues' statuses by role."""
+    names = {"request": REQUEST_QUEUE, "response": RESPONSE_QUEUE, "dead_letter": DEAD_LETTER_QUEUE}
+    return lambda: {role: widget_queues.queue_status(sqs, name) for role, name in names.items()}
+
+
+class FakeTime:
+    """A clock that moves only when slept on (or told to), and that notes each sleep."""
+
+    def __init__(self, on_sleep: Callable[[], None] = lambda: None) -> None:
+        """Start at 100 s; call on_sleep at each sleep, as if the world moved meanwhile."""
+        self.now = 100.0
+        self.sleeps: list[float] = []
+        self.on_sleep = on_sleep
+
+    def clock(self) -> float:
+        """Return the fake time."""
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        """Note the sleep, let the world move, and advance the clock."""
+        self.sleeps.append(seconds)
+        self.on_sleep()
+        self.now += seconds
+
+
+def test_watch_shows_how_fast_each_count_changes(sqs: SQSClient, busy: QueueUrls) -> None:
+    def traffic() -> None:
+        """Between refreshes: four requests arrive and two are received."""
+        for _ in range(4):
+            sqs.send_message(QueueUrl=busy.request, MessageBody=request_body(new_widget_id()))
+        sqs.receive_message(QueueUrl=busy.request, MaxNumberOfMessages=2, VisibilityTimeout=60)
+
+    fake = FakeTime(traffic)
+    refreshes: list[widget_queues.Refresh] = []
+    widget_queues.watch(watched(sqs), refreshes.append, 2.0, count=3, clock=fake.clock, sleep=fake.sleep)
+    assert fake.sleeps == [2.0, 2.0]
+    assert [r.statuses["request"].visible for r in refreshes] == [3, 5, 7]
+    assert refreshes[0].rates["request"] == (None, None, None)
+    assert refreshes[1].rates == {"request": (1.0, 1.0, 0.0), "response": (0, 0, 0), "dead_letter": (0, 0, 0)}
+    assert widget_queues.watch_table(refreshes[1]) == [
+        "role         queue                visible    /s  in flight    /s  delayed  /s",
+        "request      WidgetRequestQueue         5  +1.0          3  +1.0        2   0",
+        "response     WidgetResponseQueue        1     0          0     0        0   0",
+        "dead letter  WidgetRequestDLQ           0     0          0     0        0   0",
+    ]
+    assert widget_queues.watch_line(refreshes[0], "12:00:00") == (
+        "12:00:00 request visible=3 in_flight=1 delayed=2; response visible=1 in_flight=0 delayed=0; "
+        "dead_letter visible=0 in_flight=0 delayed=0"
+    )
+    assert widget_queues.watch_line(refreshes[2], "12:00:04").startswith(
+        "12:00:04 request visible=7 (+1.0/s) in_flight=5 (+1.0/s) delayed=2 (0/s); response visible=1 (0/s)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("rate", "shown"),
+    [(None, ""), (0.0, "0"), (0.25, "+0.25"), (-1 / 60, "-0.02"), (-0.999, "-1.0"), (12.345, "+12.3")],
+)
+def test_rates_for_people(rate: float | None, shown: str) -> None:
+    assert widget_queues.format_rate(rate) == shown
+
+
+def test_watch_outlasts_an_error_after_the_first_refresh(sqs: SQSClient, busy: QueueUrls) -> None:
+    fetch = watched(sqs)
+    calls = 0
+
+    def flaky_fetch() -> dict[str, widget_queues.QueueStatus]:
+        """Fetch for real, except on the second refresh, when SQS is away."""
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise click.ClickException("cannot reach SQS at http://127.0.0.1:9")
+        return fetch()
+
+    fake = FakeTime()
+    refreshes: list[widget_queues.Refresh] = []
+    widget_queues.watch(flaky_fetch, refreshes.append, 1.0, count=4, clock=fake.clock, sleep=fake.sleep)
+    assert [r.error for r in refreshes] == [None, "cannot reach SQS at http://127.0.0.1:9", None, None]
+    assert widget_queues.watch_line(refreshes[1], "12:00:01") == (
+        "12:00:01 error: cannot reach SQS at http://127.0.0.1:9"
+    )
+    # Rates start again after the gap: the counts before it are too old to compare with.
+    assert refreshes[2].rates["request"] == (None, None, None)
+    assert refreshes[3].rates["request"] == (0, 0, 0)
+
+
+def test_watch_ends_at_an_error_on_the_first_refresh() -> None:
+    def failing_fetch() -> dict[str, widget_queues.QueueStatus]:
+        """Fail as a watch of a missing endpoint does."""
+        raise click.ClickException("cannot reach SQS")
+
+    fake = FakeTime()
+    with pytest.raises(click.ClickException):
+        widget_queues.watch(failing_fetch, lambda refresh: None, 1.0, clock=fake.clock, sleep=fake.sleep)
+    assert fake.sleeps == []
+
+
+def test_watch_waits_no_more_after_a_slow_refresh(sqs: SQSClient, busy: QueueUrls) -> None:
+    fake = FakeTime()
+    fetch = watched(sqs)
+
+    def slow_fetch() -> dict[str, widget_queues.QueueStatus]:
+        """Take 3 s of fake time on the first refresh, 0.5 s after."""
+        fake.now += 3.0 if not fake.sleeps else 0.5
+        return fetch()
+
+    widget_queues.watch(slow_fetch, lambda refresh: None, 2.0, count=3, clock=fake.clock, sleep=fake.sleep)
+    assert fake.sleeps == [0.0, 1.5]
+
+
+def test_watch_never_sleeps_a_negative_time_on_a_clock_that_moves(sqs: SQSClient, busy: QueueUrls) -> None:
+    fake = FakeTime()
+
+    def ticking_clock() -> float:
+        """Move on a little at every reading, as a real clock does while the watch works."""
+        fake.now += 0.3
+        return fake.now
+
+    widget_queues.watch(
+        watched(sqs), lambda refresh: None, 0.5, count=4, clock=ticking_clock, sleep=fake.sleep
+    )
+    assert len(fake.sleeps) == 3
+    assert all(seconds >= 0 for seconds in fake.sleeps)
+
+
+def test_redraw_moves_up_over_what_it_drew_and_fits_the_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "8")
+    assert widget_queues.redraw(["one", "a long line"], 0) == "\r\x1b[Jone\na long l\n"
+    assert widget_queues.redraw(["two"], 2) == "\x1b[2A\r\x1b[Jtwo\n"
+
+
+def test_status_watch_prints_a_line_per_refresh(sqs: SQSClient, busy: QueueUrls) -> None:
+    result = invoke("status", "--watch", "0.5", "--count", "2")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"queues at {AMAZON}, every 0.5s (Ctrl-C stops)\n"
+    first, second = result.stdout.splitlines()
+    assert re.fullmatch(r"\d\d:\d\d:\d\d request visible=3 in_flight=1 delayed=2; response .*", first)
+    assert re.fullmatch(
+        r"\d\d:\d\d:\d\d request visible=3 \(0/s\) in_flight=1 \(0/s\) delayed=2 \(0/s\); response .*", second
+    )
+
+
+def test_status_watch_json_is_a_status_per_line(sqs: SQSClient, busy: QueueUrls) -> None:
+    once = json.loads(invoke("status", "--json").stdout)
+    result = invoke("status", "--json", "--watch", "0.5", "--count", "2")
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [once, once]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--watch", "0.1"],
+            "Invalid value for '--watch': give the seconds between refreshes, from 0.5 to 3600",
+        ),
+        (
+            ["--watch", "nan"],
+            "Invalid value for '--watch': give the seconds between refreshes, from 0.5 to 3600",
+        ),
+        (
+            ["--watch", "inf"],
+            "Invalid value for '--watch': give the seconds between refreshes, from 0.5 to 3600",
+        ),
+        (["--watch", "soon"], "Invalid value for '--watch': 'soon' is not a valid float."),
+        (["--count", "3"], "--count needs --watch"),
+        (["--watch", "--count", "0"], "Invalid value for '--count': 0 is not in the range x>=1."),
+    ],
+)
+def test_status_watch_options_are_checked(sqs: SQSClient, args: list[str], message: str) -> None:
+    result = invoke("status", *args)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1].startswith(f"Error: {message}")
+
+
+def test_status_watch_of_an_unreachable_endpoint_is_one_clear_line(fake_credentials: None) -> None:
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    result = invoke("status", "--watch", "--endpoint-url", endpoint)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: cannot reach SQS at {endpoint} (is the local SQS running? make sqs)"
+    )
+
+
+def read_until(fd: int, done: Callable[[str], bool], timeout: float = 15.0) -> str:
+    """Read a pseudo-terminal until done(what was read) or the timeout; return what was read."""
+    text = ""
+    deadline = time.monotonic() + timeout
+    while not done(text):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not seen within {timeout}s:\n{text!r}")
+        readable, _, _ = select.select([fd], [], [], 0.1)
+        if readable:
+            try:
+                text += os.read(fd, 65536).decode()
+            except OSError:  # the other end closed: the process exited
+                return text
+    return text
+
+
+@pytest.mark.e2e
+def test_status_watch_redraws_in_place_on_a_terminal(sqs_server: str) -> None:
+    sqs = make_client(None, sqs_server)
+    urls = ensure_queues(sqs, REQUEST_QUEUE, RESPONSE_QUEUE, DEAD_LETTER_QUEUE, max_receives=3)
+    terminal, child_end = pty.openpty()
+    fcntl.ioctl(child_end, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    process = subprocess.Popen(
+        [PYTHON, "widget_queues.py", "status", "--endpoint-url", sqs_server, "--watch", "0.5"],
+        cwd=ROOT,
+        env=script_env(),
+        stdin=child_end,
+        stdout=child_end,
+        stderr=child_end,
+        start_new_session=True,
+    )
+    os.close(child_end)
+    try:
+        seen = read_until(terminal, lambda text: text.count("dead letter") >= 1)
+        for _ in range(10):
+            sqs.send_message(QueueUrl=urls.request, MessageBody=request_body(new_widget_id()))
+        busy_row = re.compile(r"request +WidgetRequestQueue +10 +\+[\d.]+ +0 +0 +0 +0\r\n")
+        seen += read_until(terminal, lambda text: busy_row.search(seen + text) is not None)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(terminal)
+    # Every draw clears from the cursor down; each after the first first moves up over the
+    # five lines before it (a header and the table), so the table stays in one place.
+    draws = seen.split("\r\x1b[J")
+    assert draws[0] == ""
+    assert len(draws) >= 3
+    assert all(draw.endswith("\x1b[5A") for draw in draws[1:-1])
+    assert re.fullmatch(
+        rf"\d\d:\d\d:\d\d  queues at {sqs_server}, every 0.5s \(Ctrl-C stops\)",
+        draws[1].split("\r\n")[0],
+    )
+    assert (
+        draws[1].split("\r\n")[1]
+        == "role         queue                visible  /s  in flight  /s  delayed  /s"
+    )
+    assert "Traceback" not in seen
+
+
+@pytest.mark.e2e
+def test_status_watch_ends_at_ctrl_c_with_a_line_per_refresh(sqs_server: str) -> None:
+    sqs = make_client(None, sqs_server)
+    ensure_queues(sqs, REQUEST_QUEUE, RESPONSE_QUEUE, DEAD_LETTER_QUEUE, max_receives=3)
+    argv = [PYTHON, "widget_queues.py", "status", "--endpoint-url", sqs_server, "--watch", "0.5"]
+    process = Process("status", argv)
+    try:
+        process.wait_for(r"^\d\d:\d\d:\d\d request visible=0 \(0/s\)")
+        process.signal(signal.SIGINT)
+        assert process.popen.wait(10) == 0
+    finally:
+        process.stop()
+    assert "Traceback" not in process.output()
+    assert "\x1b" not in process.output()
