@@ -276,3 +276,39 @@ def test_fifo_responses_need_a_fifo_response_queue_only_when_named_so(sqs: Any, 
     send(sqs, urls.request, "a", [new_widget_id() for _ in range(3)])
     run_consumer(sqs, urls, fast(maker_url), lambda c: c.counts[OK] == 3)
     assert len(take_all(sqs, urls.response)) == 3
+
+
+def test_the_heartbeat_keeps_requests_waiting_in_a_lane_invisible(
+    sqs: Any, fifo: QueueUrls, scripted_maker: tuple[ScriptedMaker, str]
+) -> None:
+    script, url = scripted_maker
+    script.delay = 1.5
+    send(sqs, fifo.request, "a", [new_widget_id() for _ in range(2)])
+    # The second request waits 1.5 s behind the first, longer than the 1 s visibility timeout.
+    consumer = Consumer(sqs, fifo, fast(url, visibility_timeout=1, http_timeout=5))
+    consumer.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not script.requests:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert consumer.dispatcher.lanes() == {"a": 1}
+        for _ in range(3):
+            time.sleep(0.4)
+            counts = sqs.get_queue_attributes(QueueUrl=fifo.request, AttributeNames=["All"])["Attributes"]
+            assert (
+                counts["ApproximateNumberOfMessages"],
+                counts["ApproximateNumberOfMessagesNotVisible"],
+            ) == (
+                "0",
+                "2",
+            )
+        deadline = time.monotonic() + 10
+        while consumer.counts[OK] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        consumer.stop()
+        consumer.join(grace=1)
+    assert len(script.requests) == 2
+    assert consumer.heartbeat.extensions >= 2
