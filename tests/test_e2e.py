@@ -269,7 +269,7 @@ def test_fifo_groups_stay_in_order_through_an_outage_and_a_crash(
     urls = ensure_queues(stack.client, *FIFO_QUEUES, max_receives=3)
     names = ["--sqs-request-queue", FIFO_QUEUES[0], "--sqs-response-queue", FIFO_QUEUES[1]]
     doomed = stack.consumer(*names, name="doomed")
-    stack.consumer(*names, name="survivor")
+    survivor = stack.consumer(*names, name="survivor")
     sent: dict[str, list[str]] = {}  # group -> widget ids in the order sent
     message_ids: dict[str, str] = {}  # message id -> widget id
     for group in ("g0", "g1", "g2", "g3", "g4"):
@@ -287,7 +287,9 @@ def test_fifo_groups_stay_in_order_through_an_outage_and_a_crash(
             time.sleep(0.1)
 
     collect_until(30)
+    assert "OK message_id=" in doomed.output()  # both consumers take part
     doomed.kill()  # holding requests, some of them mid-call
+    collect_until(80)  # the survivor goes on, and takes the killed one's groups once they come back
     stack.maker.stop()
     time.sleep(2)
     stack.restart_maker()
@@ -311,3 +313,4 @@ def test_fifo_groups_stay_in_order_through_an_outage_and_a_crash(
         assert [r["WidgetId"] for r in responses if r["Group"] == group] == widget_ids, group
     assert stack.depth(urls.request) == (0, 0)
     assert stack.depth(urls.dead_letter) == (0, 0)
+    assert "breaker_open" in survivor.output()  # the outage came while requests were flowing
