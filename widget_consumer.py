@@ -12,6 +12,9 @@ of one message, top to bottom:
       -> Handler (widgets/handling.py)    parse, rate slot, breaker, maker call, decide, settle
       -> Outbox (widgets/outbox.py)       batched responses, deletes and visibility changes
     Breaker (widgets/breaker.py) tells the maker's outages from a failing request.
+
+A request queue named *.fifo is a FIFO queue: the dispatcher then keeps each message group in
+order (one request of a group at a time, the next only after the one before it is settled).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from urllib.parse import urlparse
 
@@ -40,12 +43,14 @@ from widgets.outbox import Outbox
 from widgets.rate_limit import RateLimiter
 from widgets.receiver import Receiver
 from widgets.sqs import (
-    DEAD_LETTER_QUEUE,
     MAX_VISIBILITY,
     QueueUrls,
     SQSClient,
+    check_dead_letter_queue,
+    dead_letter_queue_name,
     ensure_queues,
     find_queues,
+    is_fifo,
     make_client,
 )
 
@@ -111,14 +116,14 @@ class Consumer:
             breaker=self.breaker,
             heartbeat=self.heartbeat,
             limiter=RateLimiter(rate=settings.max_rate),
-            policy=settings.policy,
+            policy=replace(settings.policy, fifo=is_fifo(urls.request)),
             stopping=self.stopping,
         )
         self.dispatcher = Dispatcher(
             workers=settings.workers,
             lookahead=min(settings.batch_size, settings.workers),
             handle=self.handler,
-            release=lambda message: self.handler.hand_back(message, "the consumer is stopping"),
+            release=self.handler.hand_back,
             stopping=self.stopping,
         )
         self.receiver = Receiver(
@@ -209,9 +214,8 @@ def install_signal_handlers() -> list[int]:
 )
 @click.option(
     "--dead-letter-queue",
-    default=DEAD_LETTER_QUEUE,
-    show_default=True,
-    help="Queue that keeps requests which failed too often.",
+    help="Queue that keeps requests which failed too often "
+    "[default: WidgetRequestDLQ, or WidgetRequestDLQ.fifo for a FIFO request queue].",
 )
 @click.option(
     "--max-receives",
@@ -298,7 +302,7 @@ def main(
     sqs_request_queue: str,
     sqs_response_queue: str,
     maker_url: str,
-    dead_letter_queue: str,
+    dead_letter_queue: str | None,
     max_receives: int,
     retry_delay: int,
     backoff: str,
@@ -316,13 +320,16 @@ def main(
 
     Every request ends OK, REJECTED or FAILED, reported on the response queue; FAILED
     ones are also kept in the dead-letter queue. Ctrl-C or SIGTERM stops it cleanly.
-    Set WIDGET_MAKER_TOKEN if the maker requires a token.
+    Set WIDGET_MAKER_TOKEN if the maker requires a token. A request queue named *.fifo
+    is a FIFO queue: each message group's requests are then made in order.
 
     \b
     Examples:
         venv/bin/python widget_consumer.py
         venv/bin/python widget_consumer.py --region=ap-southeast-2
         venv/bin/python widget_consumer.py --retry-delay 5 --backoff exponential --max-receives 5
+        venv/bin/python widget_consumer.py --sqs-request-queue WidgetRequestQueue.fifo \\
+            --sqs-response-queue WidgetResponseQueue.fifo
     """
     settings = Settings(
         maker_url=maker_url,
@@ -338,6 +345,11 @@ def main(
         token=os.environ.get("WIDGET_MAKER_TOKEN") or None,
     )
     validate(settings)
+    dead_letter_queue = dead_letter_queue or dead_letter_queue_name(sqs_request_queue)
+    try:
+        check_dead_letter_queue(sqs_request_queue, dead_letter_queue)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
     configure_logging(log_level, log_format)
     # Connections for the receives, the outbox's batch calls and each worker's dead-letter copy.
     sqs = make_client(region, endpoint_url, max_connections=2 * workers + 8, read_timeout=wait_time + 20)
@@ -350,8 +362,9 @@ def main(
     warn_if_maker_is_down(consumer.maker)
     signals = install_signal_handlers()
     log.info(
-        "consuming %s at %s -> %s (workers=%d max_receives=%d retry_delay=%ds backoff=%s max_rate=%s)",
+        "consuming %s%s at %s -> %s (workers=%d max_receives=%d retry_delay=%ds backoff=%s max_rate=%s)",
         sqs_request_queue,
+        " (FIFO: each group in order)" if is_fifo(sqs_request_queue) else "",
         sqs.meta.endpoint_url,
         maker_url,
         workers,

@@ -2,18 +2,21 @@
 
 Starts a local SQS, the widget maker and the consumer on free ports with short timings, then
 sends requests with the real producer script and shows every outcome: OK, REJECTED, a maker
-outage longer than the retry window that the breaker rides out with nothing lost, and a FAILED
-request (one the maker refuses with 500 while it makes others) kept in the dead-letter queue.
+outage longer than the retry window that the breaker rides out with nothing lost, a FAILED
+request (one the maker refuses with 500 while it makes others) kept in the dead-letter queue,
+and FIFO queues: two customers' requests, each customer's made in the order sent, through an outage.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import boto3
 
@@ -27,7 +30,7 @@ from devtools.stack import (
     start_maker,
     start_sqs,
 )
-from widgets.sqs import DEAD_LETTER_QUEUE
+from widgets.sqs import DEAD_LETTER_QUEUE, SQSClient
 
 # Short timings so the tour takes well under a minute; the defaults are for real use.
 CONSUMER_ARGS = [
@@ -41,6 +44,16 @@ INVALID_ID = "this_is_not_a_valid_widget_id"
 DOOMED_ID = "faded000-0000-11e5-8000-000000000bad"
 # Longer than --max-receives x --retry-delay (3 s): before the breaker, this outage failed them all.
 OUTAGE_SECONDS = 6
+# The FIFO part: its queues, two customers (message groups) and how many requests each sends.
+FIFO_QUEUES = [
+    "--sqs-request-queue",
+    "WidgetRequestQueue.fifo",
+    "--sqs-response-queue",
+    "WidgetResponseQueue.fifo",
+]
+FIFO_GROUPS = ("customer-1", "customer-2")
+FIFO_COUNT = 4
+FIFO_OUTAGE_SECONDS = 2
 
 
 def say(text: str) -> None:
@@ -68,6 +81,48 @@ def produce(endpoint: str, *args: str, outcomes: Counter[str]) -> None:
             outcomes[status] += 1
     for line in result.stderr.splitlines():
         print(f"   {line}")
+
+
+def fifo_responses(client: SQSClient, expected: int, timeout: float = 30) -> list[dict[str, Any]]:
+    """Read and delete responses from the FIFO response queue until expected came (or timeout)."""
+    url = client.get_queue_url(QueueName="WidgetResponseQueue.fifo")["QueueUrl"]
+    found: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while len(found) < expected and time.monotonic() < deadline:
+        answer = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+        for message in answer.get("Messages", []):
+            found.append(json.loads(message["Body"]))
+            client.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    return found
+
+
+def send_fifo(endpoint: str) -> dict[str, list[str]]:
+    """Send each customer's requests to the FIFO request queue as one group; return the ids sent, in order."""
+    sent: dict[str, list[str]] = {}
+    for group in FIFO_GROUPS:
+        args = [*FIFO_QUEUES[:2], "--group-id", group, "--count", str(FIFO_COUNT)]
+        print(f"$ venv/bin/python widget_producer.py {' '.join(args)}", flush=True)
+        result = run_script("widget_producer.py", ["--endpoint-url", endpoint, *args])
+        sent[group] = [line.split()[1] for line in result.stdout.splitlines() if len(line.split()) == 2]
+    return sent
+
+
+def show_fifo_order(client: SQSClient, sent: dict[str, list[str]]) -> bool:
+    """Print each customer's widgets in the order the maker made them; return whether it is the order sent."""
+    responses = fifo_responses(client, sum(len(ids) for ids in sent.values()))
+    # The widget in each OK response carries the maker's date_created, to the microsecond.
+    made = {r["WidgetId"]: r["Widget"]["date_created"] for r in responses if r.get("Status") == "OK"}
+    in_order = True
+    for group, widget_ids in sent.items():
+        order = sorted(widget_ids, key=lambda w: made.get(w, "~"))
+        print(f"   {group}, in the order the maker made them (date_created):")
+        for widget_id in order:
+            when = made.get(widget_id, "never made")
+            print(f"      {when:<32}  {widget_id}  (sent {widget_ids.index(widget_id) + 1}.)")
+        ordered = order == widget_ids and len(widget_ids) == FIFO_COUNT and all(w in made for w in widget_ids)
+        print(f"      {'made in the order they were sent' if ordered else 'NOT made in the order sent'}")
+        in_order = in_order and ordered
+    return in_order
 
 
 def main() -> int:
@@ -137,6 +192,23 @@ def main() -> int:
             for message in kept:
                 reason = message["MessageAttributes"]["FailureReason"]["StringValue"]
                 print(f"   {message['Body']}  FailureReason={reason!r}")
+
+            say("FIFO queues: two customers, each one's widgets made in the order sent, through an outage")
+            fifo_consumer = start_consumer(
+                endpoint, f"{maker_base}/add", [*CONSUMER_ARGS, *FIFO_QUEUES], echo=echo_retries, name="fifo"
+            )
+            processes.append(fifo_consumer)
+            print(f"   a second consumer on the FIFO queues: {' '.join(FIFO_QUEUES)}")
+            maker.stop()
+            sent = send_fifo(endpoint)
+            print(
+                f"   ...the maker is down for {FIFO_OUTAGE_SECONDS}s: each customer's next request waits, "
+                "and none behind it goes ahead"
+            )
+            time.sleep(FIFO_OUTAGE_SECONDS)
+            maker, _ = start_maker(db, port=maker_port, args=maker_args)
+            processes.append(maker)
+            fifo_in_order = show_fifo_order(client, sent)
         finally:
             for process in reversed(processes):
                 process.stop()
@@ -145,9 +217,13 @@ def main() -> int:
     for status in ("OK", "REJECTED", "FAILED"):
         print(f"   {status:<9}{outcomes[status]}")
     print(f"   dead-letter queue: {len(kept)} message(s); took {time.monotonic() - started:.0f}s")
+    print(f"   FIFO: {len(FIFO_GROUPS)} customers x {FIFO_COUNT} requests, each made in order: "
+          f"{'yes' if fifo_in_order else 'NO'}")  # fmt: skip
     expected = Counter({"OK": 7, "REJECTED": 1, "FAILED": 1})
-    if outcomes != expected or len(kept) != 1:
-        print(f"   expected {dict(expected)} and 1 dead letter: something is wrong", file=sys.stderr)
+    if outcomes != expected or len(kept) != 1 or not fifo_in_order:
+        print(
+            f"   expected {dict(expected)}, 1 dead letter and FIFO order: something is wrong", file=sys.stderr
+        )
         return 1
     print("   every request ended as it should. Next: make run, or see README.md")
     return 0

@@ -31,4 +31,6 @@ def test_demo_shows_every_outcome() -> None:
     assert "FAILED faded000-0000-11e5-8000-000000000bad receive_count=3" in out
     assert "FailureReason=" in out
     assert "OK       7" in out and "REJECTED 1" in out and "FAILED   1" in out
+    assert out.count("made in the order they were sent") == 2
+    assert "FIFO: 2 customers x 4 requests, each made in order: yes" in out
     assert "every request ended as it should" in out

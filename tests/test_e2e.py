@@ -14,7 +14,10 @@ import pytest
 
 from devtools.stack import Process, run_script, start_consumer, start_maker, start_sqs
 from tests.conftest import ScriptedMaker
+from widget_producer import send_requests
+from widgets.messages import new_widget_id
 from widgets.sqs import DEAD_LETTER_QUEUE, REQUEST_QUEUE, RESPONSE_QUEUE, QueueUrls, ensure_queues
+from widgets.store import WidgetStore
 
 pytestmark = pytest.mark.e2e
 
@@ -234,3 +237,80 @@ def test_consumer_warns_at_start_when_the_maker_is_down(stack: Stack) -> None:
     stack.maker.stop()
     consumer = stack.consumer()
     assert "maker_unreachable at" in consumer.output()
+
+
+FIFO_QUEUES = ("WidgetRequestQueue.fifo", "WidgetResponseQueue.fifo", "WidgetRequestDLQ.fifo")
+
+
+def drain_fifo_responses(client: Any, url: str) -> list[dict[str, Any]]:
+    """Receive and delete every response a FIFO response queue hands out now, noting each one's group."""
+    found = []
+    while messages := client.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, MessageSystemAttributeNames=["MessageGroupId"]
+    ).get("Messages"):
+        for message in messages:
+            found.append({**json.loads(message["Body"]), "Group": message["Attributes"]["MessageGroupId"]})
+        client.delete_message_batch(
+            QueueUrl=url,
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+        )
+    return found
+
+
+def test_fifo_groups_stay_in_order_through_an_outage_and_a_crash(
+    sqs_kind: str, request: pytest.FixtureRequest
+) -> None:
+    if sqs_kind == "moto":
+        pytest.skip(
+            "moto's server (5.2.5) breaks FIFO order itself: two receives polling at once split one "
+            "group between them, and a dead consumer's messages of a group come back last one first"
+        )
+    stack: Stack = request.getfixturevalue("stack")
+    urls = ensure_queues(stack.client, *FIFO_QUEUES, max_receives=3)
+    names = ["--sqs-request-queue", FIFO_QUEUES[0], "--sqs-response-queue", FIFO_QUEUES[1]]
+    doomed = stack.consumer(*names, name="doomed")
+    survivor = stack.consumer(*names, name="survivor")
+    sent: dict[str, list[str]] = {}  # group -> widget ids in the order sent
+    message_ids: dict[str, str] = {}  # message id -> widget id
+    for group in ("g0", "g1", "g2", "g3", "g4"):
+        sent[group] = [new_widget_id() for _ in range(40)]
+        result = send_requests(stack.client, urls.request, sent[group], group_id=group)
+        assert not result.failed
+        message_ids.update(result.sent)
+    responses: list[dict[str, Any]] = []
+
+    def collect_until(count: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while len(responses) < count:
+            assert time.monotonic() < deadline, f"{len(responses)} responses of {count}"
+            responses.extend(drain_fifo_responses(stack.client, urls.response))
+            time.sleep(0.1)
+
+    collect_until(30)
+    assert "OK message_id=" in doomed.output()  # both consumers take part
+    doomed.kill()  # holding requests, some of them mid-call
+    collect_until(80)  # the survivor goes on, and takes the killed one's groups once they come back
+    stack.maker.stop()
+    time.sleep(2)
+    stack.restart_maker()
+    collect_until(200)
+    time.sleep(1)  # a duplicate response, were there one, would come now
+    responses.extend(drain_fifo_responses(stack.client, urls.response))
+    # Exactly one terminal outcome per request, in one response: the response a killed consumer
+    # sent before it could delete the request is sent again by the other, and SQS drops that as a
+    # duplicate (same deduplication id, response-<message id>).
+    assert sorted(r["MessageId"] for r in responses) == sorted(message_ids)
+    assert {r["Status"] for r in responses} == {"OK"}
+    for response in responses:
+        assert response["WidgetId"] in sent[response["Group"]]
+    # Within each group the widgets were made, and answered, in the order they were sent.
+    store = WidgetStore(str(stack.db))
+    made = [w["widget_id"] for w in reversed(store.recent(1000))]
+    store.close()
+    assert len(made) == 200
+    for group, widget_ids in sent.items():
+        assert [w for w in made if w in widget_ids] == widget_ids, group
+        assert [r["WidgetId"] for r in responses if r["Group"] == group] == widget_ids, group
+    assert stack.depth(urls.request) == (0, 0)
+    assert stack.depth(urls.dead_letter) == (0, 0)
+    assert "breaker_open" in survivor.output()  # the outage came while requests were flowing

@@ -17,7 +17,7 @@ import widget_queues
 from widgets.messages import OK, new_widget_id, request_body, response_body
 from widgets.sqs import (
     DEAD_LETTER_QUEUE,
-    REDRIVE_MARGIN,
+    FIFO_REDRIVE_MARGIN,
     REQUEST_QUEUE,
     RESPONSE_QUEUE,
     QueueUrls,
@@ -152,7 +152,7 @@ def test_fifo_names_make_fifo_queues(sqs: Any, fifo: QueueUrls) -> None:
     redrive = json.loads(attributes(sqs, fifo.request)["RedrivePolicy"])
     assert redrive["deadLetterTargetArn"] == attributes(sqs, fifo.dead_letter)["QueueArn"]
     assert redrive["deadLetterTargetArn"].endswith(":WidgetRequestDLQ.fifo")
-    assert int(redrive["maxReceiveCount"]) == 3 + REDRIVE_MARGIN
+    assert int(redrive["maxReceiveCount"]) == 3 + FIFO_REDRIVE_MARGIN
 
 
 def test_creating_fifo_queues_again_changes_nothing(sqs: Any, fifo: QueueUrls) -> None:
@@ -180,7 +180,7 @@ def test_a_fifo_request_queue_may_answer_on_a_standard_response_queue(sqs: Any) 
     ],
 )
 def test_a_dead_letter_queue_of_the_other_kind_is_not_created(sqs: Any, names: tuple[str, str, str]) -> None:
-    with pytest.raises(click.UsageError, match=r"SQS requires a (FIFO|standard) queue's dead-letter queue"):
+    with pytest.raises(ValueError, match=r"SQS requires a (FIFO|standard) queue's dead-letter queue"):
         ensure_queues(sqs, *names, max_receives=3)
     assert sqs.list_queues().get("QueueUrls", []) == []
 

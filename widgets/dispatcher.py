@@ -3,6 +3,12 @@
 It holds at most one batch beyond the busy workers (Shoryuken's rule: fetch only what idle
 workers can take), so no request waits long in a local buffer; the receiver asks it for room
 before every receive.
+
+On a FIFO queue each message group is a lane: its messages run one at a time, in the order they
+were received, each only after the one before it was settled; different groups run side by side.
+When a message of a group goes back to the queue unsettled (retried later, or handed back), the
+later messages of its group held here go back too, untouched, so SQS delivers the group again in
+order. A message without a group (a standard queue's) is its own lane: straight to the workers.
 """
 
 from __future__ import annotations
@@ -10,23 +16,28 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable
 
 from widgets.messages import Received
 
 log = logging.getLogger(__name__)
 
+# Why a message is handed back without being started.
+STOPPING = "the consumer is stopping"
+BEHIND = "an earlier request of its group goes back to the queue"
+
 
 class Dispatcher:
-    """A pool of workers calling handle(message); release(message) hands back what they will not start."""
+    """A pool of workers calling handle(message) (True: settled); release(message, why) hands back."""
 
     def __init__(
         self,
         *,
         workers: int,
         lookahead: int,
-        handle: Callable[[Received], object],
-        release: Callable[[Received], object],
+        handle: Callable[[Received], bool],
+        release: Callable[[Received, str], object],
         stopping: threading.Event,
     ) -> None:
         """Prepare workers threads; hold at most workers + lookahead messages at once."""
@@ -38,6 +49,9 @@ class Dispatcher:
         self._held = 0
         self._room = threading.Condition()
         self._work: queue.Queue[Received | None] = queue.Queue()
+        # Group id -> the messages of that group waiting behind the one queued or being handled.
+        self._lanes: dict[str, deque[Received]] = {}
+        self._lanes_lock = threading.Lock()
         self._workers = [
             threading.Thread(target=self._work_loop, name=f"worker-{n}", daemon=True) for n in range(workers)
         ]
@@ -71,9 +85,21 @@ class Dispatcher:
         return self._held
 
     def dispatch(self, messages: Iterable[Received]) -> None:
-        """Queue received messages for the workers (each was reserved by wait_for_room)."""
+        """Queue received messages (each reserved by wait_for_room) for the workers, a group's in its lane."""
         for message in messages:
+            if message.group_id is not None:
+                with self._lanes_lock:
+                    lane = self._lanes.get(message.group_id)
+                    if lane is not None:
+                        lane.append(message)
+                        continue
+                    self._lanes[message.group_id] = deque()
             self._work.put(message)
+
+    def lanes(self) -> dict[str, int]:
+        """Return, for each group with a message here, how many of its messages wait behind that one."""
+        with self._lanes_lock:
+            return {group: len(lane) for group, lane in self._lanes.items()}
 
     def _work_loop(self) -> None:
         """Handle messages until a None arrives; once stopping, hand back what is not started."""
@@ -81,14 +107,37 @@ class Dispatcher:
             message = self._work.get()
             if message is None:
                 return
+            settled = False
             try:
                 if self.stopping.is_set():
-                    self.release(message)
+                    self.release(message, STOPPING)
                 else:
-                    self.handle(message)
+                    settled = self.handle(message)
             except Exception:
                 # handle() settles its own errors; this is the last guard, so the worker lives on.
                 log.exception("worker_error message_id=%s", message.message_id)
+            finally:
+                self.let_go(1)
+                if message.group_id is not None:
+                    self._after(message.group_id, settled)
+
+    def _after(self, group_id: str, settled: bool) -> None:
+        """Start the next message of a group whose message was settled, else hand back the group's rest."""
+        with self._lanes_lock:
+            lane = self._lanes[group_id]
+            if settled and lane and not self.stopping.is_set():
+                self._work.put(lane.popleft())
+                return
+            del self._lanes[group_id]
+        self._release_all(lane, STOPPING if self.stopping.is_set() else BEHIND)
+
+    def _release_all(self, messages: Iterable[Received], why: str) -> None:
+        """Hand back messages that will not be started, in order, making room for as many."""
+        for message in messages:
+            try:
+                self.release(message, why)
+            except Exception:
+                log.exception("release_error message_id=%s", message.message_id)
             finally:
                 self.let_go(1)
 
@@ -98,7 +147,7 @@ class Dispatcher:
             self._room.notify_all()
 
     def join(self) -> None:
-        """Let the workers finish what they started, then hand back every message left queued."""
+        """Let the workers finish what they started, then hand back every message left queued or in a lane."""
         for _ in self._workers:
             self._work.put(None)
         for worker in self._workers:
@@ -110,6 +159,10 @@ class Dispatcher:
                 leftover = self._work.get_nowait()
             except queue.Empty:
                 return
-            if leftover is not None:
-                self.release(leftover)
-                self.let_go(1)
+            if leftover is None:
+                continue
+            self._release_all([leftover], STOPPING)
+            if leftover.group_id is not None:
+                with self._lanes_lock:
+                    lane = self._lanes.pop(leftover.group_id, deque())
+                self._release_all(lane, STOPPING)

@@ -11,6 +11,14 @@
 8. retry delay  otherwise it is retried after the retry delay (or the maker's Retry-After);
                 an outage's failures are never counted against the request
 9. settle       respond and delete (through the outbox), or change its visibility; report
+
+On a FIFO queue (the dispatcher keeps each group in order) two things differ. A request handed
+back unstarted, or retried because the maker was down, did not fail on its own, yet SQS counts
+the delivery: those deliveries are noted here and not counted against it (by this consumer;
+another one only sees SQS's count). And a request near SQS's redrive limit is not sent afresh,
+which would put it at the end of its group, behind requests sent after it: it is given up as
+FAILED instead, with its response and dead-letter copy, rather than left to SQS's silent move.
+The larger FIFO redrive margin (widgets/sqs.py) makes that rare.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import logging
 import math
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +38,7 @@ from widgets.maker_client import MakerAnswer, MakerClient
 from widgets.messages import (
     FAILED,
     MAX_REASON_CHARS,
+    OK,
     ORIGINAL_MESSAGE_ID,
     REJECTED,
     RETRY,
@@ -40,7 +49,17 @@ from widgets.messages import (
 )
 from widgets.outbox import Outbox
 from widgets.rate_limit import RateLimiter
-from widgets.sqs import MAX_VISIBILITY, REDRIVE_MARGIN, SQS_ERRORS, QueueUrls, SQSClient, describe_error
+from widgets.sqs import (
+    FIFO_REDRIVE_MARGIN,
+    MAX_VISIBILITY,
+    REDRIVE_MARGIN,
+    SQS_ERRORS,
+    QueueUrls,
+    SQSClient,
+    describe_error,
+    fifo_fields,
+    is_fifo,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +71,10 @@ DEAD_LETTER_ATTRIBUTES = ("FailureReason", "ReceiveCount", ORIGINAL_MESSAGE_ID)
 MAX_COPIED_ATTRIBUTES = 10 - len(DEAD_LETTER_ATTRIBUTES)
 # SendMessage's longest DelaySeconds, for a fresh copy that should wait out a retry delay.
 MAX_DELAY_SECONDS = 900
+# The outcomes that settle a request: it is answered and deleted, never delivered again.
+TERMINAL = frozenset((OK, REJECTED, FAILED))
+# How many FIFO requests' uncounted deliveries are remembered (the oldest are forgotten first).
+MAX_REMEMBERED = 10_000
 
 
 @dataclass(frozen=True)
@@ -72,6 +95,7 @@ class RetryPolicy:
     max_receives: int = 3
     retry_delay: int = 30
     backoff: str = "fixed"
+    fifo: bool = False
 
     def delay(self, receive_count: int) -> int:
         """Return the seconds to wait before the next delivery after the given failed delivery."""
@@ -83,11 +107,11 @@ class RetryPolicy:
     @property
     def redrive_limit(self) -> int:
         """Return the maxReceiveCount of the request queue's redrive policy."""
-        return self.max_receives + REDRIVE_MARGIN
+        return self.max_receives + (FIFO_REDRIVE_MARGIN if self.fifo else REDRIVE_MARGIN)
 
     @property
     def requeue_at(self) -> int:
-        """Return the receive count from which a request handed back is sent afresh instead."""
+        """Return the receive count from which a request handed back is sent afresh (FIFO: given up)."""
         return self.redrive_limit - 1
 
 
@@ -135,13 +159,20 @@ class Handler:
         self.limiter = limiter
         self.policy = policy
         self.stopping = stopping
+        self.fifo = is_fifo(urls.request)
         self.counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
+        # FIFO only: message id -> deliveries that were not the request's own failure.
+        self._uncounted: OrderedDict[str, int] = OrderedDict()
+        self._uncounted_lock = threading.Lock()
 
-    def __call__(self, message: Received) -> None:
-        """Handle a message; an error of SQS or of ours leaves it for SQS to deliver again."""
+    def __call__(self, message: Received) -> bool:
+        """Handle a message; return True if it was settled, False if SQS will deliver it again.
+
+        An error of SQS or of ours leaves it for SQS to deliver again.
+        """
         try:
-            self.handle(message)
+            return self.handle(message).status in TERMINAL
         except SQS_ERRORS as error:
             log.warning(
                 "not_settled message_id=%s: %s; SQS will deliver it again",
@@ -153,9 +184,10 @@ class Handler:
             # last delivery, where it is given up as FAILED so it is not dropped silently.
             log.exception("handler_error message_id=%s", message.message_id)
             if message.receive_count >= self.policy.max_receives:
-                self._give_up(message, error)
+                return self._give_up(message, error)
         finally:
             self.heartbeat.forget(message)
+        return False
 
     def handle(self, message: Received) -> Outcome:
         """Take one message through the steps, top to bottom; return its outcome."""
@@ -190,25 +222,57 @@ class Handler:
             # The maker is down as a whole: not this request's failure. It comes back when the
             # breaker next lets requests through (or when the maker said to retry).
             wait = answer.retry_after if answer.retry_after is not None else self.breaker.until_probe()
+            self._not_counted(message)
             return Outcome(RETRY, widget_id, f"{reason}; maker down, not counted", delay=math.ceil(wait))
-        if message.receive_count >= self.policy.max_receives:
+        if self.attempts(message) >= self.policy.max_receives:
             return Outcome(FAILED, widget_id, f"{reason}; gave up after {message.receive_count} receives")
         if answer.retry_after is not None:
             return Outcome(RETRY, widget_id, reason, delay=math.ceil(answer.retry_after))
         return Outcome(RETRY, widget_id, reason, delay=self.policy.delay(message.receive_count))
 
+    def attempts(self, message: Received) -> int:
+        """Return how many deliveries of a message count against it: all on a standard queue."""
+        if not self.fifo:
+            return message.receive_count
+        with self._uncounted_lock:
+            return message.receive_count - self._uncounted.get(message.message_id, 0)
+
+    def _not_counted(self, message: Received) -> None:
+        """Note, on a FIFO queue, a delivery of a message that was not its own failure."""
+        if not self.fifo:
+            return
+        with self._uncounted_lock:
+            self._uncounted[message.message_id] = self._uncounted.pop(message.message_id, 0) + 1
+            if len(self._uncounted) > MAX_REMEMBERED:
+                self._uncounted.popitem(last=False)
+
+    def out_of_deliveries(self, message: Received) -> bool:
+        """Tell whether a FIFO request is too near SQS's redrive limit to go back to the queue."""
+        return self.fifo and message.receive_count >= self.policy.requeue_at
+
     def settle(self, message: Received, outcome: Outcome, started: float) -> Outcome:
         """Act on an outcome: retry later, or respond and delete (after a dead-letter copy); report it."""
+        if outcome.status == RETRY and self.out_of_deliveries(message):
+            outcome = Outcome(FAILED, outcome.widget_id, f"{outcome.reason}; {self._limit_reason(message)}")
         if outcome.status == RETRY:
             self.retry_later(message, outcome.delay)
         else:
             if outcome.status == FAILED:
-                # Kept before the request is deleted; if this fails, SQS delivers it again.
+                # Kept before the request is deleted; if this fails, SQS delivers it again. On a
+                # FIFO queue a repeat of this send (after a crash) is dropped as a duplicate.
                 self.sqs.send_message(
                     QueueUrl=self.urls.dead_letter,
                     MessageBody=message.body,
                     MessageAttributes=dead_letter_attributes(message, outcome.reason or ""),
+                    **fifo_fields(
+                        self.urls.dead_letter,
+                        message.group_id or message.request_id,
+                        f"dead-letter-{message.message_id}",
+                    ),
                 )
+            if self.fifo:
+                with self._uncounted_lock:
+                    self._uncounted.pop(message.message_id, None)
             body = response_body(
                 message.request_id,
                 outcome.widget_id,
@@ -226,9 +290,10 @@ class Handler:
 
         Near the redrive limit (reached only through outages, or a consumer dying while it
         settled the request), a fresh copy is sent and the old one deleted: SQS's redrive
-        would otherwise move it to the dead-letter queue with no response at all.
+        would otherwise move it to the dead-letter queue with no response at all. Never on a
+        FIFO queue, where settle() and hand_back() give such a request up instead.
         """
-        if message.receive_count < self.policy.requeue_at:
+        if self.fifo or message.receive_count < self.policy.requeue_at:
             self.outbox.change_visibility(message, min(delay, MAX_VISIBILITY))
             return
         self.sqs.send_message(
@@ -246,21 +311,39 @@ class Handler:
         )
 
     def hand_back(self, message: Received, why: str) -> Outcome:
-        """Let a message go untouched, visible again at once."""
+        """Let a message go untouched, visible again at once (a FIFO one near the redrive limit: FAILED)."""
         self.heartbeat.forget(message)
+        if self.out_of_deliveries(message):
+            try:
+                widget_id: str | None = parse_request(message.body)
+            except InvalidRequest:
+                widget_id = None
+            reason = f"handed back ({why}); {self._limit_reason(message)}"
+            return self.settle(message, Outcome(FAILED, widget_id, reason), time.monotonic())
+        self._not_counted(message)
         self.retry_later(message, 0)
         log.debug("handing_back message_id=%s: %s", message.message_id, why)
         return Outcome(HANDED_BACK, reason=why)
 
-    def _give_up(self, message: Received, error: Exception) -> None:
-        """Settle a message the consumer itself keeps failing on as FAILED, so it is not dropped silently."""
+    def _limit_reason(self, message: Received) -> str:
+        """Say why a FIFO request near the redrive limit is given up rather than sent afresh."""
+        return (
+            f"delivered {message.receive_count} times, "
+            f"near the redrive limit of {self.policy.redrive_limit}; "
+            "not sent afresh on a FIFO queue, which would put it behind later requests of its group"
+        )
+
+    def _give_up(self, message: Received, error: Exception) -> bool:
+        """Settle a message the consumer itself keeps failing on as FAILED; return True if it was."""
         reason = f"consumer error: {type(error).__name__}; gave up after {message.receive_count} receives"
         try:
             self.settle(message, Outcome(FAILED, None, reason), time.monotonic())
+            return True
         except SQS_ERRORS as sqs_error:
             log.warning(
                 "not_settled message_id=%s: %s", message.message_id, describe_error(sqs_error, self.sqs)
             )
+            return False
 
     def report(self, message: Received, outcome: Outcome, started: float) -> None:
         """Count an outcome and log it: one line per delivery, with the ids."""

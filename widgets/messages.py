@@ -37,17 +37,20 @@ class Received:
     receive_count: int
     attributes: dict[str, Any]
     received_at: float  # time.monotonic() when it arrived: its visibility timeout runs from then
+    group_id: str | None = None  # its message group, on a FIFO queue
 
     @classmethod
     def from_sqs(cls, message: Mapping[str, Any], received_at: float | None = None) -> Received:
         """Build a Received from one entry of a ReceiveMessage answer."""
+        system = message.get("Attributes", {})
         return cls(
             message_id=message["MessageId"],
             receipt_handle=message["ReceiptHandle"],
             body=message.get("Body", ""),
-            receive_count=int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
+            receive_count=int(system.get("ApproximateReceiveCount", 1)),
             attributes=message.get("MessageAttributes", {}),
             received_at=time.monotonic() if received_at is None else received_at,
+            group_id=system.get("MessageGroupId"),
         )
 
     @property

@@ -15,7 +15,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from widgets.messages import Received
-from widgets.sqs import MAX_BATCH, SQS_ERRORS, OutageLog, QueueUrls, SQSClient, batches, delete_batch
+from widgets.sqs import (
+    MAX_BATCH,
+    SQS_ERRORS,
+    FifoFields,
+    OutageLog,
+    QueueUrls,
+    SQSClient,
+    batches,
+    delete_batch,
+    fifo_fields,
+    is_fifo,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +48,7 @@ class Outbox:
         self.sqs = sqs
         self.urls = urls
         self.flush_interval = flush_interval
+        self.fifo_responses = is_fifo(urls.response)
         self._changed = threading.Condition()
         self._responses: list[tuple[Received, str]] = []
         self._deletes: list[Received] = []
@@ -167,11 +179,27 @@ class Outbox:
             else:
                 kept.extend(entries)
 
+    def response_fields(self, message: Received) -> FifoFields:
+        """Return the group and deduplication ids of a request's response, when the response queue is FIFO.
+
+        The request's group keeps a group's responses in order (a request from a standard queue
+        is a group of its own, so no response waits behind another). The id of the delivered
+        message, not the request id, deduplicates: a repeat after a crash is dropped, while a
+        redriven request (a new message, the same request id) gets its new outcome through.
+        """
+        if not self.fifo_responses:
+            return {}
+        group = message.group_id or message.request_id
+        return fifo_fields(self.urls.response, group, f"response-{message.message_id}")
+
     def _send_responses(self, chunk: list[tuple[Received, str]]) -> None:
         """Send up to ten responses; queue the deletes of their requests, keep the unsent ones."""
         answer = self.sqs.send_message_batch(
             QueueUrl=self.urls.response,
-            Entries=[{"Id": str(i), "MessageBody": body} for i, (_, body) in enumerate(chunk)],
+            Entries=[
+                {"Id": str(i), "MessageBody": body, **self.response_fields(message)}
+                for i, (message, body) in enumerate(chunk)
+            ],
         )
         sent = {int(entry["Id"]) for entry in answer.get("Successful", [])}
         self._refused = self._refused or len(sent) < len(chunk)

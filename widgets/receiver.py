@@ -10,12 +10,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from widgets.breaker import OPEN, Breaker
 from widgets.dispatcher import Dispatcher
 from widgets.heartbeat import Heartbeat
 from widgets.messages import Received
-from widgets.sqs import SQS_ERRORS, OutageLog, SQSClient
+from widgets.sqs import SQS_ERRORS, OutageLog, SQSClient, is_fifo
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs.literals import MessageSystemAttributeNameType
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,11 @@ class Receiver:
         self.wait_time = wait_time
         self.visibility_timeout = visibility_timeout
         self.stopping = stopping
+        # A FIFO queue's messages carry their group, which the dispatcher keeps in order. Asked
+        # for only there: on a standard (fair) queue a group orders nothing.
+        self.system_attributes: list[MessageSystemAttributeNameType] = ["ApproximateReceiveCount"]
+        if is_fifo(url):
+            self.system_attributes.append("MessageGroupId")
         self.receives = 0
         self.last_receive = time.monotonic()
         self._outage = OutageLog(sqs, "receiving requests")
@@ -92,7 +101,7 @@ class Receiver:
             MaxNumberOfMessages=wanted,
             WaitTimeSeconds=self.wait_time,
             VisibilityTimeout=self.visibility_timeout,
-            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            MessageSystemAttributeNames=self.system_attributes,
             MessageAttributeNames=["All"],
         )
         self.receives += 1

@@ -55,6 +55,11 @@ MAX_VISIBILITY = 43200
 # delivery, leaving the last one for a consumer killed while doing so. SQS's own move (with no
 # response) is left for a consumer that dies on a request every time.
 REDRIVE_MARGIN = 2
+# On a FIFO queue a request also gains a receive each time the consumer hands it back unstarted
+# because an earlier request of its group is retried (SQS redelivers a group only in order), and
+# the consumer cannot send it afresh near the limit (a fresh copy would join the end of its
+# group). The larger margin absorbs those hand-backs; see widgets/handling.py.
+FIFO_REDRIVE_MARGIN = 10
 # The exceptions an SQS call raises: its own answers (ClientError) and everything on the way.
 SQS_ERRORS = (BotoCoreError, ClientError)
 
@@ -106,6 +111,11 @@ def check_dead_letter_queue(request: str, dead_letter: str) -> None:
         f"{kind} one: SQS requires a {kind} queue's dead-letter queue to be {kind} too "
         f"(e.g. {dead_letter_queue_name(request)})"
     )
+
+
+def redrive_margin(request: str) -> int:
+    """Return how many deliveries beyond --max-receives SQS's redrive policy allows on a request queue."""
+    return FIFO_REDRIVE_MARGIN if is_fifo(request) else REDRIVE_MARGIN
 
 
 def check_fifo_id(value: str, option: str) -> str:
@@ -253,12 +263,9 @@ def ensure_queues(
     """Create the three queues if missing, with the request queue redriving to the dead-letter one.
 
     A name ending in .fifo makes a FIFO queue; the dead-letter queue must be of the request
-    queue's kind (see dead_letter_queue_name).
+    queue's kind (see dead_letter_queue_name): ValueError says so, before anything is created.
     """
-    try:
-        check_dead_letter_queue(request, dead_letter)
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
+    check_dead_letter_queue(request, dead_letter)
     with user_errors(client):
         dead_letter_url = create_queue(client, dead_letter)
         dead_letter_arn = client.get_queue_attributes(QueueUrl=dead_letter_url, AttributeNames=["QueueArn"])[
@@ -269,7 +276,7 @@ def ensure_queues(
         request_url = create_queue(client, request)
         redrive = {
             "deadLetterTargetArn": dead_letter_arn,
-            "maxReceiveCount": str(max_receives + REDRIVE_MARGIN),
+            "maxReceiveCount": str(max_receives + redrive_margin(request)),
         }
         client.set_queue_attributes(QueueUrl=request_url, Attributes={"RedrivePolicy": json.dumps(redrive)})
         response_url = create_queue(client, response)
