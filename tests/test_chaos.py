@@ -240,14 +240,23 @@ def sqs_client(endpoint: str) -> SQSClient:
 
 
 def queue_counts(sqs: SQSClient, url: str) -> tuple[int, int]:
-    """Return (visible, in flight) for a queue."""
+    """Return (visible or delayed, in flight) for a queue.
+
+    Delayed counts as waiting: a request the consumer sent afresh (its receive count used up
+    by outages) may wait out a retry delay as a delayed message.
+    """
     attributes = sqs.get_queue_attributes(
         QueueUrl=url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        AttributeNames=[
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ],
     )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]), int(
-        attributes["ApproximateNumberOfMessagesNotVisible"]
+    waiting = int(attributes["ApproximateNumberOfMessages"]) + int(
+        attributes.get("ApproximateNumberOfMessagesDelayed", 0)
     )
+    return waiting, int(attributes["ApproximateNumberOfMessagesNotVisible"])
 
 
 def wait_drained(sqs: SQSClient, url: str, timeout: float) -> tuple[int, int]:
