@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import socketserver
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from devtools.latency_proxy import LatencyProxy, parse_target
-from devtools.stack import Process, free_port
+from devtools.stack import free_port, start_latency_proxy
 from widgets.sqs import make_client
 
 LATENCY_MS = 100
@@ -135,10 +134,8 @@ def test_chunks_keep_their_order_and_the_proxy_stops() -> None:
 @pytest.mark.timeout(30)
 def test_as_a_process_it_prints_its_port_and_stops_on_sigterm(sqs_server: str) -> None:
     """As `python -m devtools.latency_proxy` it says where it listens, forwards, and exits 0 on SIGTERM."""
-    argv = [sys.executable, "-m", "devtools.latency_proxy", "--target", sqs_server, "--latency-ms", "5"]
-    process = Process("latency-proxy", argv)
+    process, endpoint = start_latency_proxy(sqs_server, 5)
     try:
-        endpoint = process.wait_for(r"listening on (http://127\.0\.0\.1:\d+)").group(1)
         sqs = make_client(None, endpoint)
         url = sqs.create_queue(QueueName="via-process")["QueueUrl"]
         assert url.endswith("/via-process")
