@@ -267,15 +267,12 @@ def consumer_supports(flag: str) -> bool:
 
 
 class Bench:
-    """The processes and clients of one benchmark run, and the drains measured so far."""
+    """What the drains of one benchmark run share, and the drains measured so far."""
 
-    def __init__(
-        self, count: int, sqs: SQSClient, endpoint: str, maker_url: str, servers: dict[str, int]
-    ) -> None:
-        """Hold what every drain needs: the size, the SQS client, where the SQS and maker are."""
+    def __init__(self, count: int, sqs: SQSClient, maker_url: str, servers: dict[str, int]) -> None:
+        """Hold what every drain needs: the size, the SQS client, the maker, the servers' pids."""
         self.count = count
         self.sqs = sqs
-        self.endpoint = endpoint
         self.maker_url = maker_url
         self.servers = servers
         self.drains: dict[str, Drain] = {}
@@ -329,9 +326,7 @@ def run(count: int, sample: int, sqs_kind: str, latency_ms: float) -> dict[str, 
             processes.append(maker)
             maker_url = f"{maker_base}/add"
             sqs = make_client(None, endpoint, max_connections=SEND_THREADS + 2)
-            bench = Bench(
-                count, sqs, endpoint, maker_url, {"sqs": sqs_process.popen.pid, "maker": maker.popen.pid}
-            )
+            bench = Bench(count, sqs, maker_url, {"sqs": sqs_process.popen.pid, "maker": maker.popen.pid})
 
             producer = measure_producer(sqs, count)
             bench.drain_here("raw", lambda urls: drain_raw(sqs, urls.request, count))
