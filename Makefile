@@ -59,8 +59,8 @@ chaos: export CHAOS_SIZE := full
 chaos: all  ## the full chaos test: faults injected while 350 requests flow
 	$(PYTHON) -m pytest tests/test_chaos.py -s $(ARGS)
 
-bench: all  ## throughput: raw SQS, the consumer and the seed's loop, from the same depth (N=500)
-	$(PYTHON) -m bench.bench --count $(N)
+bench: all  ## throughput from the same depth (N=500): raw SQS, the consumer (with metrics, with 20 ms SQS latency), the seed's loop; ARGS="--sqs-latency-ms 0"
+	$(PYTHON) -m bench.bench --count $(N) $(ARGS)
 
 lint: all  ## ruff (lint and format check) and mypy
 	$(PYTHON) -m ruff check .

@@ -1,4 +1,4 @@
-"""How fast the request queue drains on this machine, three ways, from the same depth: `make bench`.
+"""How fast the request queue drains on this machine, several ways, from the same depth: `make bench`.
 
 Starts a local SQS (fauxqs, else moto's server; WIDGETS_LOCAL_SQS chooses) and the widget
 maker as subprocesses. Before each drain it preloads the same N requests into fresh queues,
@@ -7,10 +7,14 @@ message of the queue), so only figures from the same depth compare. The drains:
 
 1. raw: receive ten, DeleteMessageBatch them, no HTTP work: the queue's own limit here;
    raw-respond, the same plus a SendMessageBatch of their responses: the least SQS work any
-   consumer must do;
+   consumer must do (single-threaded);
 2. consumer: widget_consumer.py with its defaults, a real subprocess, until every request
-   has its response on the response queue;
-3. one at a time: the 2015 seed's loop, on a sample of the first messages (it sleeps 2 s per poll).
+   has its response on the response queue; consumer-metrics, the same with --metrics-port
+   (when widget_consumer.py lists it in --help), to see what its metrics cost in CPU;
+3. raw-respond-latency and consumer-latency: raw-respond and consumer through
+   devtools/latency_proxy.py, which adds --sqs-latency-ms (20) to every SQS call, as a round
+   trip to Amazon SQS would; the consumer keeps its rate there only with calls in flight at once;
+4. one at a time: the 2015 seed's loop, on a sample of the first messages (it sleeps 2 s per poll).
 
 CPU figures are each process's own usage (user + system, all threads, from /proc/<pid>/stat)
 over the drain only, so startup is left out.
@@ -32,15 +36,30 @@ from typing import Any
 
 import requests
 
-from devtools.stack import Process, local_sqs_kind, local_sqs_version, start_consumer, start_maker, start_sqs
+from devtools.stack import (
+    Process,
+    free_port,
+    local_sqs_kind,
+    local_sqs_version,
+    run_script,
+    start_consumer,
+    start_latency_proxy,
+    start_maker,
+    start_sqs,
+)
 from widget_consumer import Settings
 from widget_producer import SEND_THREADS, send_requests
 from widgets.messages import OK, new_widget_id, parse_request, request_body, response_body
 from widgets.sqs import MAX_BATCH, QueueUrls, SQSClient, delete_batch, ensure_queues, make_client
 
 TARGET_CONSUMER_RAW = 0.8  # consumer/raw at least
+TARGET_CONSUMER_RAW_RESPOND = 0.6  # consumer/raw-respond at least (issue 8)
 TARGET_CONSUMER_SEED = 10.0  # consumer/one-at-a-time at least
 TARGET_CPU_MS = 1.5  # consumer CPU ms per message under
+TARGET_CPU_MS_ISSUE_8 = 1.0  # consumer CPU ms per message at most (issue 8)
+TARGET_MAKER_CPU_MS = 1.0  # maker CPU ms per request during the consumer drain, at most (issue 8)
+TARGET_METRICS_CPU = 1.05  # consumer CPU per message with --metrics-port / without, at most (issue 11)
+TARGET_LATENCY_CONSUMER = 0.8  # consumer rate with the added SQS latency / without, at least (issue 8)
 SEED_SLEEP = 2.0  # seconds the seed slept after every poll
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 OUTCOME_LINE = re.compile(r" (OK|REJECTED|FAILED) message_id=")
@@ -241,11 +260,64 @@ def measure_producer(sqs: SQSClient, count: int) -> dict[str, float]:
     return {"batch_rate": round(batch, 1), "single_rate": round(single, 1), "ratio": round(batch / single, 2)}
 
 
-def run(count: int, sample: int, sqs_kind: str) -> dict[str, Any]:
-    """Start the local SQS and the maker, time the producer and the three drains; return the figures."""
+def consumer_supports(flag: str) -> bool:
+    """Tell whether widget_consumer.py lists flag in its --help (options other work adds later)."""
+    result = run_script("widget_consumer.py", ["--help"], timeout=60)
+    return flag in result.stdout
+
+
+class Bench:
+    """What the drains of one benchmark run share, and the drains measured so far."""
+
+    def __init__(self, count: int, sqs: SQSClient, maker_url: str, servers: dict[str, int]) -> None:
+        """Hold what every drain needs: the size, the SQS client, the maker, the servers' pids."""
+        self.count = count
+        self.sqs = sqs
+        self.maker_url = maker_url
+        self.servers = servers
+        self.drains: dict[str, Drain] = {}
+        self.outcomes: dict[str, Counter[str]] = {}
+        self.startup_cpu: dict[str, float] = {}
+
+    def drain_here(
+        self, name: str, drain: Callable[[QueueUrls], int], extra: dict[str, int] | None = None
+    ) -> None:
+        """Preload fresh queues, then time drain(urls) run by this process."""
+        urls = fresh_queues(self.sqs, name)
+        depth = preload(self.sqs, urls.request, self.count)
+        pids = {"client": os.getpid(), **self.servers, **(extra or {})}
+        self.drains[name] = timed(name, depth, pids, lambda: drain(urls))
+        drop_queues(self.sqs, urls)
+
+    def drain_consumer(
+        self, name: str, endpoint: str, args: Sequence[str] = (), extra: dict[str, int] | None = None
+    ) -> None:
+        """Preload fresh queues, start a consumer on endpoint with args, time it until all are answered."""
+        names = queue_names(name)
+        urls = fresh_queues(self.sqs, name)
+        depth = preload(self.sqs, urls.request, self.count)
+        queue_args = ["--sqs-request-queue", names[0], "--sqs-response-queue", names[1]]
+        consumer = start_consumer(
+            endpoint, self.maker_url, [*queue_args, "--dead-letter-queue", names[2], *args]
+        )
+        try:
+            self.startup_cpu[name] = cpu_seconds(consumer.popen.pid)
+            outcomes = self.outcomes[name] = Counter()
+            self.drains[name] = timed(
+                name,
+                depth,
+                {"client": consumer.popen.pid, **self.servers, **(extra or {})},
+                lambda: wait_for_outcomes(consumer, self.sqs, urls.response, self.count, outcomes),
+            )
+        finally:
+            consumer.stop()
+        drop_queues(self.sqs, urls)
+
+
+def run(count: int, sample: int, sqs_kind: str, latency_ms: float) -> dict[str, Any]:
+    """Start the local SQS and the maker, time the producer and every drain; return the figures."""
     processes: list[Process] = []
-    drains: dict[str, Drain] = {}
-    outcomes: Counter[str] = Counter()
+    with_metrics = consumer_supports("--metrics-port")
     with tempfile.TemporaryDirectory(prefix="widgets-bench-") as tmp:
         try:
             sqs_process, endpoint = start_sqs(kind=sqs_kind)
@@ -253,74 +325,92 @@ def run(count: int, sample: int, sqs_kind: str) -> dict[str, Any]:
             maker, maker_base = start_maker(Path(tmp) / "widgets.db")
             processes.append(maker)
             maker_url = f"{maker_base}/add"
-            servers = {"sqs": sqs_process.popen.pid, "maker": maker.popen.pid}
-            here = {"client": os.getpid(), **servers}
             sqs = make_client(None, endpoint, max_connections=SEND_THREADS + 2)
+            bench = Bench(count, sqs, maker_url, {"sqs": sqs_process.popen.pid, "maker": maker.popen.pid})
 
             producer = measure_producer(sqs, count)
-
-            urls = fresh_queues(sqs, "raw")
-            depth = preload(sqs, urls.request, count)
-            drains["raw"] = timed("raw", depth, here, lambda: drain_raw(sqs, urls.request, count))
-            drop_queues(sqs, urls)
-
-            urls = fresh_queues(sqs, "raw-respond")
-            depth = preload(sqs, urls.request, count)
-            drains["raw_respond"] = timed(
-                "raw_respond", depth, here, lambda: drain_raw_respond(sqs, urls, count)
-            )
-            drop_queues(sqs, urls)
-
-            names = queue_names("consumer")
-            urls = fresh_queues(sqs, "consumer")
-            depth = preload(sqs, urls.request, count)
-            queue_args = ["--sqs-request-queue", names[0], "--sqs-response-queue", names[1]]
-            consumer = start_consumer(endpoint, maker_url, [*queue_args, "--dead-letter-queue", names[2]])
-            processes.append(consumer)
-            startup_cpu = cpu_seconds(consumer.popen.pid)
-            drains["consumer"] = timed(
-                "consumer",
-                depth,
-                {"client": consumer.popen.pid, **servers},
-                lambda: wait_for_outcomes(consumer, sqs, urls.response, count, outcomes),
-            )
-            consumer.stop()
-            processes.remove(consumer)
-            drop_queues(sqs, urls)
-
-            urls = fresh_queues(sqs, "one-at-a-time")
-            depth = preload(sqs, urls.request, count)
-            drains["one_at_a_time"] = timed(
-                "one_at_a_time", depth, here, lambda: drain_one_at_a_time(sqs, urls, maker_url, sample)
-            )
-            drop_queues(sqs, urls)
+            bench.drain_here("raw", lambda urls: drain_raw(sqs, urls.request, count))
+            bench.drain_here("raw_respond", lambda urls: drain_raw_respond(sqs, urls, count))
+            bench.drain_consumer("consumer", endpoint)
+            if with_metrics:
+                bench.drain_consumer("consumer_metrics", endpoint, ["--metrics-port", str(free_port())])
+            if latency_ms > 0:
+                proxy, slow_endpoint = start_latency_proxy(endpoint, latency_ms)
+                processes.append(proxy)
+                slow_sqs = make_client(None, slow_endpoint)
+                proxy_pid = {"proxy": proxy.popen.pid}
+                bench.drain_here(
+                    "raw_respond_latency", lambda urls: drain_raw_respond(slow_sqs, urls, count), proxy_pid
+                )
+                bench.drain_consumer("consumer_latency", slow_endpoint, extra=proxy_pid)
+                proxy.stop()
+                processes.remove(proxy)
+            bench.drain_here("one_at_a_time", lambda urls: drain_one_at_a_time(sqs, urls, maker_url, sample))
         finally:
             for process in reversed(processes):
                 process.stop()
+    return figures_of(bench, count, sample, sqs_kind, latency_ms, producer)
 
+
+def per_message_ms(drain: Drain, key: str) -> float:
+    """Return a process's CPU milliseconds per message over a drain."""
+    return drain.cpu[key] * 1000 / drain.messages
+
+
+def figures_of(
+    bench: Bench, count: int, sample: int, sqs_kind: str, latency_ms: float, producer: dict[str, float]
+) -> dict[str, Any]:
+    """Return the run's figures: every drain, the ratios the targets are about, and which are met."""
+    drains = bench.drains
     raw, cons, seed = drains["raw"], drains["consumer"], drains["one_at_a_time"]
-    cpu_ms = cons.cpu["client"] * 1000 / cons.messages
+    cpu_ms = per_message_ms(cons, "client")
+    maker_ms = per_message_ms(cons, "maker")
     ratios = {
         "consumer_raw": cons.rate / raw.rate,
         "consumer_one_at_a_time": cons.rate / seed.rate,
         "consumer_raw_respond": cons.rate / drains["raw_respond"].rate,
     }
+    metrics_cpu = latency_consumer = latency_raw_respond = None
+    if "consumer_metrics" in drains:
+        metrics_cpu = per_message_ms(drains["consumer_metrics"], "client") / cpu_ms
+    if "consumer_latency" in drains:
+        latency_consumer = drains["consumer_latency"].rate / cons.rate
+        latency_raw_respond = drains["raw_respond_latency"].rate / drains["raw_respond"].rate
+    optional = {
+        "metrics_cpu": metrics_cpu,
+        "latency_consumer": latency_consumer,
+        "latency_raw_respond": latency_raw_respond,
+    }
     return {
         "count": count,
         "sample": sample,
         "cpus": os.cpu_count(),
+        "load_average": [round(load, 2) for load in os.getloadavg()],
         "local_sqs": f"{sqs_kind} {local_sqs_version(sqs_kind)}",
+        "sqs_latency_ms": latency_ms,
         "drains": {name: drain.as_dict() for name, drain in drains.items()},
-        "consumer_outcomes": dict(outcomes),
-        "consumer_startup_cpu_seconds": round(startup_cpu, 3),
-        "ratios": {name: round(value, 3) for name, value in ratios.items()},
+        "consumer_outcomes": {name: dict(outcomes) for name, outcomes in bench.outcomes.items()},
+        "consumer_startup_cpu_seconds": round(bench.startup_cpu["consumer"], 3),
+        "ratios": {
+            **{name: round(value, 3) for name, value in ratios.items()},
+            **{name: None if value is None else round(value, 3) for name, value in optional.items()},
+        },
         "consumer_cpu_ms_per_message": round(cpu_ms, 3),
         "consumer_cpu_seconds_per_1000": round(cpu_ms, 3),
+        "maker_cpu_ms_per_request": round(maker_ms, 3),
         "producer": producer,
+        # None: not measured in this run (the consumer has no --metrics-port, or --sqs-latency-ms 0).
         "targets_met": {
             "consumer_raw": ratios["consumer_raw"] >= TARGET_CONSUMER_RAW,
+            "consumer_raw_respond": ratios["consumer_raw_respond"] >= TARGET_CONSUMER_RAW_RESPOND,
             "consumer_one_at_a_time": ratios["consumer_one_at_a_time"] >= TARGET_CONSUMER_SEED,
             "consumer_cpu": cpu_ms < TARGET_CPU_MS,
+            "consumer_cpu_issue_8": cpu_ms <= TARGET_CPU_MS_ISSUE_8,
+            "maker_cpu": maker_ms <= TARGET_MAKER_CPU_MS,
+            "metrics_cpu": None if metrics_cpu is None else metrics_cpu <= TARGET_METRICS_CPU,
+            "latency_consumer": None
+            if latency_consumer is None
+            else latency_consumer >= TARGET_LATENCY_CONSUMER,
         },
     }
 
@@ -328,45 +418,83 @@ def run(count: int, sample: int, sqs_kind: str) -> dict[str, Any]:
 def report(figures: dict[str, Any]) -> str:
     """Return the figures as a table for people."""
     count, sample, met = figures["count"], figures["sample"], figures["targets_met"]
+    latency_ms = figures["sqs_latency_ms"]
+    load = figures["load_average"]
     lines = [
         f"widget pipeline benchmark: {count} requests preloaded before each drain; "
-        f"local SQS {figures['local_sqs']}, {figures['cpus']} CPUs",
+        f"local SQS {figures['local_sqs']}, {figures['cpus']} CPUs, load average {load[0]:.2f} {load[1]:.2f} "
+        f"{load[2]:.2f} at the end",
         "",
-        f"{'drain':<14}{'depth':>6}{'messages':>9}{'seconds':>9}{'msg/s':>9}"
+        f"{'drain':<20}{'depth':>6}{'messages':>9}{'seconds':>9}{'msg/s':>9}"
         f"   CPU ms/msg:{'client':>7}{'sqs':>6}{'maker':>6}   CPU busy %:{'client':>7}{'sqs':>6}{'maker':>6}",
     ]
     for name, d in figures["drains"].items():
         per, busy = d["cpu_ms_per_message"], d["cpu_busy"]
         lines.append(
-            f"{name.replace('_', '-'):<14}{d['depth']:>6}{d['messages']:>9}"
+            f"{name.replace('_', '-'):<20}{d['depth']:>6}{d['messages']:>9}"
             f"{d['seconds']:>9.2f}{d['rate']:>9.2f}"
             f"{'':>14}{per['client']:>7.2f}{per['sqs']:>6.2f}{per['maker']:>6.2f}"
             f"{'':>14}{busy['client'] * 100:>7.0f}{busy['sqs'] * 100:>6.0f}{busy['maker'] * 100:>6.0f}"
         )
     ratios, cpu_ms = figures["ratios"], figures["consumer_cpu_ms_per_message"]
     producer = figures["producer"]
-    verdict = {True: "met", False: "MISSED"}
+    verdict = {True: "met", False: "MISSED", None: "n/a"}
     lines += [
-        "  client: the process that drains (this one for raw and one-at-a-time, the consumer for consumer)",
+        "  client: the process that drains (this one for raw, raw-respond and one-at-a-time; the consumer "
+        "for consumer drains)",
         f"  one-at-a-time: a sample, the first {sample} messages from depth {count}, timed over {sample} "
         f"whole cycles of the seed's loop (short poll for 1 message, handle it, sleep {SEED_SLEEP:g} s)",
+        "  consumer-metrics: the consumer with --metrics-port; "
+        + (
+            "measured"
+            if "consumer_metrics" in figures["drains"]
+            else "n/a: widget_consumer.py has no --metrics-port"
+        ),
+    ]
+    if latency_ms > 0:
+        proxy_busy = [
+            figures["drains"][name]["cpu_busy"]["proxy"]
+            for name in ("raw_respond_latency", "consumer_latency")
+        ]
+        lines.append(
+            f"  -latency: through devtools/latency_proxy.py, {latency_ms:g} ms added to every SQS call "
+            f"(the proxy's CPU busy: {proxy_busy[0] * 100:.0f}% and {proxy_busy[1] * 100:.0f}%)"
+        )
+    else:
+        lines.append("  -latency drains: n/a (--sqs-latency-ms 0)")
+    lines += [
         f"  consumer outcomes: {figures['consumer_outcomes']}",
         "",
         f"consumer/raw            {ratios['consumer_raw']:>8.2f}   target >= {TARGET_CONSUMER_RAW:g}: "
         f"{verdict[met['consumer_raw']]}",
+        f"consumer/raw-respond    {ratios['consumer_raw_respond']:>8.2f}   target >= "
+        f"{TARGET_CONSUMER_RAW_RESPOND:g} (issue 8): {verdict[met['consumer_raw_respond']]}",
         f"consumer/one-at-a-time  {ratios['consumer_one_at_a_time']:>8.1f}   target >= "
         f"{TARGET_CONSUMER_SEED:g}: {verdict[met['consumer_one_at_a_time']]}",
-        f"consumer/raw-respond    {ratios['consumer_raw_respond']:>8.2f}   (no target: raw plus the "
-        "responses any consumer must send, single-threaded)",
         f"consumer CPU            {cpu_ms:>8.3f} ms/message = {cpu_ms:.3f} s per 1000 messages   "
-        f"target < {TARGET_CPU_MS:g} ms: {verdict[met['consumer_cpu']]}",
+        f"target < {TARGET_CPU_MS:g} ms: {verdict[met['consumer_cpu']]}; <= {TARGET_CPU_MS_ISSUE_8:g} ms "
+        f"(issue 8): {verdict[met['consumer_cpu_issue_8']]}",
         f"  (drain only; the consumer's startup took {figures['consumer_startup_cpu_seconds']:.2f} s CPU)",
+        f"maker CPU               {figures['maker_cpu_ms_per_request']:>8.3f} ms/request during the consumer "
+        f"drain   target <= {TARGET_MAKER_CPU_MS:g} ms: {verdict[met['maker_cpu']]}",
+        f"metrics CPU             {ratio_text(ratios['metrics_cpu'], 3)}   consumer CPU per message with "
+        f"--metrics-port / without, target <= {TARGET_METRICS_CPU:g}: {verdict[met['metrics_cpu']]}",
+        f"latency/no latency      {ratio_text(ratios['latency_consumer'], 2)}   the consumer's rate with "
+        f"{latency_ms:g} ms per SQS call / without, target >= {TARGET_LATENCY_CONSUMER:g}: "
+        f"{verdict[met['latency_consumer']]}",
+        f"  raw-respond: {ratio_text(ratios['latency_raw_respond'], 2).strip()} (no target: single-threaded, "
+        "three calls in a row per ten messages)",
         "",
         f"producer, {count} requests: --count (SendMessageBatch, {SEND_THREADS} threads) "
         f"{producer['batch_rate']:.1f} msg/s; one SendMessage per request {producer['single_rate']:.1f} "
         f"msg/s; {producer['ratio']:.2f}x",
     ]
     return "\n".join(lines)
+
+
+def ratio_text(value: float | None, digits: int) -> str:
+    """Return a ratio right-aligned in 8 characters, or n/a when it was not measured."""
+    return f"{value:>8.{digits}f}" if value is not None else f"{'n/a':>8}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -376,15 +504,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--sample", type=int, default=20, help="messages the one-at-a-time drain handles (2 s each)"
     )
+    parser.add_argument(
+        "--sqs-latency-ms",
+        type=float,
+        default=20.0,
+        help="latency added to every SQS call in the -latency drains (default 20; 0 skips them)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
     args = parser.parse_args(argv)
     if args.count < 1 or args.sample < 1:
         parser.error("--count and --sample must be at least 1")
+    if args.sqs_latency_ms < 0:
+        parser.error("--sqs-latency-ms must be at least 0")
     try:
         sqs_kind = local_sqs_kind()
     except ValueError as error:
         parser.error(str(error))
-    figures = run(args.count, min(args.sample, args.count), sqs_kind)
+    figures = run(args.count, min(args.sample, args.count), sqs_kind, args.sqs_latency_ms)
     print(report(figures), flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

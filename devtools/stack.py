@@ -223,6 +223,16 @@ def start_sqs(
     return process, endpoint
 
 
+def start_latency_proxy(
+    target: str, latency_ms: float, echo: Callable[[str, str], None] | None = None
+) -> tuple[Process, str]:
+    """Start devtools.latency_proxy in front of target (an endpoint URL); return it and its endpoint URL."""
+    argv = [PYTHON, "-m", "devtools.latency_proxy", "--target", target, "--latency-ms", str(latency_ms)]
+    process = Process("latency-proxy", argv, echo=echo)
+    endpoint = process.wait_for(r"listening on (http://127\.0\.0\.1:\d+)").group(1)
+    return process, endpoint
+
+
 def start_maker(
     db: str | Path,
     port: int | None = None,

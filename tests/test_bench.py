@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.stack import local_sqs_kind
+from devtools.stack import local_sqs_kind, run_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,10 +17,14 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.e2e
 @pytest.mark.timeout(90)
 def test_bench_reports_every_figure(tmp_path: Path) -> None:
-    """A run with 30 requests and a one-at-a-time sample of 2 prints and writes all its figures."""
+    """A run with 30 requests, a one-at-a-time sample of 2 and 5 ms of SQS latency reports all its figures."""
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "-m", "bench.bench", "--count", "30", "--sample", "2", "--json", str(out)],
+        [
+            sys.executable,
+            *("-m", "bench.bench", "--count", "30", "--sample", "2", "--sqs-latency-ms", "5"),
+            *("--json", str(out)),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -30,11 +34,17 @@ def test_bench_reports_every_figure(tmp_path: Path) -> None:
     for label in (
         "raw ",
         "consumer ",
+        "raw-respond-latency ",
+        "consumer-latency ",
         "one-at-a-time ",
         "msg/s",
         "consumer/raw",
         "consumer/one-at-a-time",
         "raw-respond",
+        "5 ms added to every SQS call",
+        "maker CPU",
+        "metrics CPU",
+        "latency/no latency",
     ):
         assert label in result.stdout
     assert "ms/message" in result.stdout and "s per 1000 messages" in result.stdout
@@ -42,16 +52,57 @@ def test_bench_reports_every_figure(tmp_path: Path) -> None:
 
     figures = json.loads(out.read_text())
     assert figures["local_sqs"].startswith(f"{local_sqs_kind()} ")
+    assert figures["sqs_latency_ms"] == 5
+    with_metrics = "--metrics-port" in run_script("widget_consumer.py", ["--help"]).stdout
+    consumers = ["consumer", *(["consumer_metrics"] if with_metrics else []), "consumer_latency"]
     drains = figures["drains"]
+    expected = {name: (30, 30) for name in ("raw", "raw_respond", *consumers, "raw_respond_latency")}
     assert {name: (d["depth"], d["messages"]) for name, d in drains.items()} == {
-        "raw": (30, 30),
-        "raw_respond": (30, 30),
-        "consumer": (30, 30),
+        **expected,
         "one_at_a_time": (30, 2),
     }
-    assert figures["consumer_outcomes"] == {"OK": 30}
+    assert figures["consumer_outcomes"] == {name: {"OK": 30} for name in consumers}
     assert all(d["rate"] > 0 for d in drains.values())
-    assert set(figures["ratios"]) == {"consumer_raw", "consumer_one_at_a_time", "consumer_raw_respond"}
-    assert figures["consumer_cpu_ms_per_message"] >= 0
+    assert drains["consumer_latency"]["cpu_seconds"].keys() == {"client", "sqs", "maker", "proxy"}
+    ratios = figures["ratios"]
+    assert set(ratios) == {
+        "consumer_raw",
+        "consumer_one_at_a_time",
+        "consumer_raw_respond",
+        "metrics_cpu",
+        "latency_consumer",
+        "latency_raw_respond",
+    }
+    assert ratios["latency_consumer"] > 0 and ratios["latency_raw_respond"] > 0
+    assert (ratios["metrics_cpu"] is not None) == with_metrics
+    assert figures["consumer_cpu_ms_per_message"] >= 0 and figures["maker_cpu_ms_per_request"] > 0
     assert figures["producer"]["batch_rate"] > 0 and figures["producer"]["single_rate"] > 0
-    assert set(figures["targets_met"]) == {"consumer_raw", "consumer_one_at_a_time", "consumer_cpu"}
+    met = figures["targets_met"]
+    assert set(met) == {
+        "consumer_raw",
+        "consumer_raw_respond",
+        "consumer_one_at_a_time",
+        "consumer_cpu",
+        "consumer_cpu_issue_8",
+        "maker_cpu",
+        "metrics_cpu",
+        "latency_consumer",
+    }
+    assert isinstance(met["latency_consumer"], bool)
+    assert (met["metrics_cpu"] is None) == (not with_metrics)
+    if not with_metrics:
+        assert "n/a: widget_consumer.py has no --metrics-port" in result.stdout
+
+
+def test_bench_refuses_a_negative_latency() -> None:
+    """A negative latency is a usage error, said in one line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.bench", "--sqs-latency-ms", "-1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "--sqs-latency-ms must be at least 0" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -44,14 +44,25 @@ class MakerMetrics:
             "POST /add requests for a widget that already existed (answered 200, nothing created).",
             registry=self.registry,
         )
+        # Each request's series, looked up once: labels() takes a lock and builds its key on every
+        # call. Keyed by the bounded label values, so the cache is as bounded as the series.
+        self._children: dict[tuple[str | None, str, int], tuple[Counter, Histogram]] = {}
 
     def observe_request(self, route: str | None, method: str, status: int, seconds: float | None) -> None:
         """Count one answered request and, when its start is known, its latency."""
-        route_label = route if route is not None else UNMATCHED
         method_label = method if method in KNOWN_METHODS else "other"
-        self.requests.labels(route_label, method_label, str(status)).inc()
+        key = (route, method_label, status)
+        children = self._children.get(key)
+        if children is None:
+            route_label = route if route is not None else UNMATCHED
+            children = self._children[key] = (
+                self.requests.labels(route_label, method_label, str(status)),
+                self.latency.labels(route_label, method_label),
+            )
+        requests, latency = children
+        requests.inc()
         if seconds is not None:
-            self.latency.labels(route_label, method_label).observe(seconds)
+            latency.observe(seconds)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """Return the metrics in the format the Accept header asks for, and its content type."""
