@@ -15,6 +15,7 @@ from widgets.breaker import OPEN, Breaker
 from widgets.dispatcher import Dispatcher
 from widgets.heartbeat import Heartbeat
 from widgets.messages import Received
+from widgets.observer import Observer
 from widgets.sqs import SQS_ERRORS, OutageLog, SQSClient
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Receiver:
         wait_time: int,
         visibility_timeout: int,
         stopping: threading.Event,
+        observer: Observer | None = None,
     ) -> None:
         """Prepare the receiver; start() runs it until stopping is set."""
         self.sqs = sqs
@@ -55,8 +57,9 @@ class Receiver:
         self.wait_time = wait_time
         self.visibility_timeout = visibility_timeout
         self.stopping = stopping
+        self.observer = observer or Observer()
         self.receives = 0
-        self.last_receive = time.monotonic()
+        self.last_receive = self.last_attempt = time.monotonic()
         self._outage = OutageLog(sqs, "receiving requests")
         self._thread = threading.Thread(target=self._run, name="receiver", daemon=True)
 
@@ -68,6 +71,10 @@ class Receiver:
         """Tell whether the receiving thread runs."""
         return self._thread.is_alive()
 
+    def failing(self) -> str | None:
+        """Return why the last receive failed, or None if it worked."""
+        return self._outage.error
+
     def join(self, timeout: float) -> None:
         """Wait up to timeout for a receive in progress to end."""
         self._thread.join(timeout)
@@ -75,7 +82,7 @@ class Receiver:
     def receive(self, wanted: int) -> list[Received]:
         """Receive up to wanted requests, long-polling while the queue is empty."""
         # SQS starts the visibility clock before its answer reaches us: count from the call.
-        called_at = time.monotonic()
+        called_at = self.last_attempt = time.monotonic()
         answer = self.sqs.receive_message(
             QueueUrl=self.url,
             MaxNumberOfMessages=wanted,
@@ -86,6 +93,7 @@ class Receiver:
         )
         self.receives += 1
         self.last_receive = time.monotonic()
+        self.observer.received(len(answer.get("Messages", ())))
         return [Received.from_sqs(message, called_at) for message in answer.get("Messages", [])]
 
     def _run(self) -> None:
