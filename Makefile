@@ -3,15 +3,26 @@ VENV := venv
 PYTHON := $(VENV)/bin/python
 ARGS ?=
 N ?= 500
+# The local SQS is fauxqs (package.json), installed with npm when Node.js is here; without it,
+# moto's server stands in (slower), and the programs that start it say so.
+HAVE_NODE := $(and $(shell command -v node 2>/dev/null),$(shell command -v npm 2>/dev/null))
+NODE_MODULES := $(if $(HAVE_NODE),node_modules/.installed)
+# The targets that run one script use the local SQS unless ARGS says otherwise: a region or an
+# endpoint the shell exports (AWS_REGION, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL...) is not passed on.
+LOCAL := env -u AWS_REGION -u AWS_DEFAULT_REGION -u AWS_ENDPOINT_URL -u AWS_ENDPOINT_URL_SQS
 
 .PHONY: all demo run sqs maker consumer produce status redrive responses test chaos bench lint lock clean
 
-all: $(VENV)/.installed
+all: $(VENV)/.installed $(NODE_MODULES)
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -r requirements.txt
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --loglevel=error
 	touch $@
 
 demo: all  ## a one-minute guided tour on this machine
@@ -20,26 +31,26 @@ demo: all  ## a one-minute guided tour on this machine
 run: all  ## local SQS, maker and consumer together; Ctrl-C stops all three
 	$(PYTHON) -m devtools.run
 
-sqs: all  ## the local SQS (moto server) on 127.0.0.1:9324
-	$(PYTHON) -m moto.server -H 127.0.0.1 -p 9324
+sqs: all  ## the local SQS on 127.0.0.1:9324: fauxqs, else moto's server (WIDGETS_LOCAL_SQS=fauxqs|moto chooses)
+	$(PYTHON) -m devtools.local_sqs
 
 maker: all  ## the widget maker on 127.0.0.1:5000
 	$(PYTHON) widget_maker.py $(ARGS)
 
-consumer: all  ## the consumer, on the local SQS unless ARGS says otherwise
-	$(PYTHON) widget_consumer.py $(ARGS)
+consumer: all  ## the consumer on the local SQS (even if the shell exports AWS_REGION); Amazon: ARGS="--region ..."
+	$(LOCAL) $(PYTHON) widget_consumer.py $(ARGS)
 
 produce: all  ## send requests: make produce ARGS="--count 10 --wait"
-	$(PYTHON) widget_producer.py $(ARGS)
+	$(LOCAL) $(PYTHON) widget_producer.py $(ARGS)
 
 status: all  ## messages visible, in flight and delayed on each queue: make status ARGS="--json" or ARGS="--watch"
-	$(PYTHON) widget_queues.py status $(ARGS)
+	$(LOCAL) $(PYTHON) widget_queues.py status $(ARGS)
 
 redrive: all  ## move the dead-letter queue's requests back to the request queue: make redrive ARGS="--max 100"
-	$(PYTHON) widget_queues.py redrive $(ARGS)
+	$(LOCAL) $(PYTHON) widget_queues.py redrive $(ARGS)
 
 responses: all  ## print the responses waiting: make responses ARGS="--delete"
-	$(PYTHON) widget_queues.py responses $(ARGS)
+	$(LOCAL) $(PYTHON) widget_queues.py responses $(ARGS)
 
 test: all  ## the whole test suite
 	$(PYTHON) -m pytest $(ARGS)
@@ -63,6 +74,6 @@ lock:  ## re-pin requirements.txt from requirements.in
 	 $(VENV).lock/bin/pip freeze) > requirements.txt
 	rm -rf $(VENV).lock
 
-clean:  ## remove the venv and local state
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis widgets.db widgets.db-wal widgets.db-shm
+clean:  ## remove the venv, node_modules and local state
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis widgets.db widgets.db-wal widgets.db-shm
 	find . -name __pycache__ -prune -exec rm -rf {} +

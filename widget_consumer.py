@@ -149,6 +149,8 @@ class Consumer:
             wait_time=settings.wait_time,
             visibility_timeout=settings.visibility_timeout,
             stopping=self.stopping,
+            # One receive in flight per batch the dispatcher can hold.
+            threads=-(-self.dispatcher.capacity // settings.batch_size),
             observer=self.observer,
         )
         if self.observer.active:
@@ -420,7 +422,8 @@ def main(
     configure_logging(log_level, log_format)
     endpoint = open_endpoint(settings)
     metrics = ConsumerMetrics() if endpoint is not None else None
-    sqs = make_client(region, endpoint_url, max_connections=workers + 4, read_timeout=wait_time + 20)
+    # Connections for the receives, the outbox's batch calls and each worker's dead-letter copy.
+    sqs = make_client(region, endpoint_url, max_connections=2 * workers + 8, read_timeout=wait_time + 20)
     names = (sqs_request_queue, sqs_response_queue, dead_letter_queue)
     if create_queues:
         urls = ensure_queues(sqs, *names, max_receives=max_receives)

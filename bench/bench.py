@@ -1,13 +1,13 @@
 """How fast the request queue drains on this machine, three ways, from the same depth: `make bench`.
 
-Starts a local SQS (moto server) and the widget maker as subprocesses. Before each drain it
-preloads the same N requests into fresh queues, because moto's ReceiveMessage scans every
-message of the queue: its cost grows with the depth, so only figures from the same depth
-compare. The drains:
+Starts a local SQS (fauxqs, else moto's server; WIDGETS_LOCAL_SQS chooses) and the widget
+maker as subprocesses. Before each drain it preloads the same N requests into fresh queues,
+because a local SQS's cost per call can grow with the depth (moto's ReceiveMessage scans every
+message of the queue), so only figures from the same depth compare. The drains:
 
 1. raw: receive ten, DeleteMessageBatch them, no HTTP work: the queue's own limit here;
    raw-respond, the same plus a SendMessageBatch of their responses: the least SQS work any
-   consumer must do, which on moto costs more than the receive itself;
+   consumer must do;
 2. consumer: widget_consumer.py with its defaults, a real subprocess, until every request
    has its response on the response queue;
 3. one at a time: the 2015 seed's loop, on a sample of the first messages (it sleeps 2 s per poll).
@@ -27,13 +27,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from devtools.stack import Process, start_consumer, start_maker, start_sqs
+from devtools.stack import Process, local_sqs_kind, local_sqs_version, start_consumer, start_maker, start_sqs
 from widget_consumer import Settings
 from widget_producer import SEND_THREADS, send_requests
 from widgets.messages import OK, new_widget_id, parse_request, request_body, response_body
@@ -242,14 +241,14 @@ def measure_producer(sqs: SQSClient, count: int) -> dict[str, float]:
     return {"batch_rate": round(batch, 1), "single_rate": round(single, 1), "ratio": round(batch / single, 2)}
 
 
-def run(count: int, sample: int) -> dict[str, Any]:
+def run(count: int, sample: int, sqs_kind: str) -> dict[str, Any]:
     """Start the local SQS and the maker, time the producer and the three drains; return the figures."""
     processes: list[Process] = []
     drains: dict[str, Drain] = {}
     outcomes: Counter[str] = Counter()
     with tempfile.TemporaryDirectory(prefix="widgets-bench-") as tmp:
         try:
-            sqs_process, endpoint = start_sqs()
+            sqs_process, endpoint = start_sqs(kind=sqs_kind)
             processes.append(sqs_process)
             maker, maker_base = start_maker(Path(tmp) / "widgets.db")
             processes.append(maker)
@@ -310,7 +309,7 @@ def run(count: int, sample: int) -> dict[str, Any]:
         "count": count,
         "sample": sample,
         "cpus": os.cpu_count(),
-        "moto": version("moto"),
+        "local_sqs": f"{sqs_kind} {local_sqs_version(sqs_kind)}",
         "drains": {name: drain.as_dict() for name, drain in drains.items()},
         "consumer_outcomes": dict(outcomes),
         "consumer_startup_cpu_seconds": round(startup_cpu, 3),
@@ -331,7 +330,7 @@ def report(figures: dict[str, Any]) -> str:
     count, sample, met = figures["count"], figures["sample"], figures["targets_met"]
     lines = [
         f"widget pipeline benchmark: {count} requests preloaded before each drain; "
-        f"local SQS moto {figures['moto']}, {figures['cpus']} CPUs",
+        f"local SQS {figures['local_sqs']}, {figures['cpus']} CPUs",
         "",
         f"{'drain':<14}{'depth':>6}{'messages':>9}{'seconds':>9}{'msg/s':>9}"
         f"   CPU ms/msg:{'client':>7}{'sqs':>6}{'maker':>6}   CPU busy %:{'client':>7}{'sqs':>6}{'maker':>6}",
@@ -381,7 +380,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.count < 1 or args.sample < 1:
         parser.error("--count and --sample must be at least 1")
-    figures = run(args.count, min(args.sample, args.count))
+    try:
+        sqs_kind = local_sqs_kind()
+    except ValueError as error:
+        parser.error(str(error))
+    figures = run(args.count, min(args.sample, args.count), sqs_kind)
     print(report(figures), flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

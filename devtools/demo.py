@@ -17,7 +17,16 @@ from pathlib import Path
 
 import boto3
 
-from devtools.stack import PYTHON, Process, run_script, start_consumer, start_maker, start_sqs
+from devtools.stack import (
+    PYTHON,
+    Process,
+    local_sqs_kind,
+    local_sqs_version,
+    run_script,
+    start_consumer,
+    start_maker,
+    start_sqs,
+)
 from widgets.sqs import DEAD_LETTER_QUEUE
 
 # Short timings so the tour takes well under a minute; the defaults are for real use.
@@ -63,13 +72,18 @@ def produce(endpoint: str, *args: str, outcomes: Counter[str]) -> None:
 
 def main() -> int:
     """Run the tour; return 0 when every step showed what it should."""
+    try:
+        kind = local_sqs_kind()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     outcomes: Counter[str] = Counter()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="widgets-demo-") as tmp:
         processes: list[Process] = []
         try:
-            say("Starting a local SQS, the widget maker and the consumer")
-            sqs, endpoint = start_sqs()
+            say(f"Starting a local SQS ({kind} {local_sqs_version(kind)}), the widget maker and the consumer")
+            sqs, endpoint = start_sqs(kind=kind)
             processes.append(sqs)
             db = Path(tmp) / "widgets.db"
             maker_args = ["--fail-widget-id", DOOMED_ID]

@@ -8,7 +8,14 @@ import sys
 import threading
 from types import FrameType
 
-from devtools.stack import Process, port_in_use, start_consumer, start_maker, start_sqs
+from devtools.stack import (
+    Process,
+    local_sqs_kind,
+    port_in_use,
+    start_consumer,
+    start_maker,
+    start_sqs,
+)
 from widgets.sqs import LOCAL_ENDPOINT
 
 SQS_PORT = 9324
@@ -16,7 +23,7 @@ MAKER_PORT = 5000
 PRINT_LOCK = threading.Lock()
 
 
-# moto logs every SQS call it answers; those lines would drown the others.
+# moto's server logs every SQS call it answers; those lines would drown the others.
 SQS_ACCESS_LINE = re.compile(r'"(GET|POST) /\S* HTTP/1\.1" 2\d\d')
 
 
@@ -30,6 +37,11 @@ def echo(name: str, line: str) -> None:
 
 def main() -> int:
     """Run all three until Ctrl-C or SIGTERM, then stop them in reverse order."""
+    try:
+        kind = local_sqs_kind()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     for port, what in ((SQS_PORT, "the local SQS"), (MAKER_PORT, "the maker")):
         if port_in_use(port):
             print(
@@ -46,7 +58,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     processes: list[Process] = []
     try:
-        processes.append(start_sqs(SQS_PORT, echo=echo)[0])
+        processes.append(start_sqs(SQS_PORT, echo=echo, kind=kind)[0])
         maker, base = start_maker("widgets.db", MAKER_PORT, echo=echo)
         processes.append(maker)
         processes.append(start_consumer(LOCAL_ENDPOINT, f"{base}/add", echo=echo))

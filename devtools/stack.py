@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,12 +14,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from importlib.metadata import version
 from pathlib import Path
 
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+# Which local SQS to run in server mode: fauxqs (fast; Node.js, installed by make) or moto's server.
+LOCAL_SQS_ENV = "WIDGETS_LOCAL_SQS"
+LOCAL_SQS_CHOICES = ("fauxqs", "moto")
+FAUXQS_HINT = "install Node.js and npm, then run make"
 
 
 def free_port() -> int:
@@ -154,8 +162,60 @@ def wait_http(url: str, timeout: float = 15.0, process: Process | None = None) -
             time.sleep(0.05)
 
 
-def start_sqs(port: int | None = None, echo: Callable[[str, str], None] | None = None) -> tuple[Process, str]:
-    """Start a local SQS (moto's server mode); return it and its endpoint URL."""
+def fauxqs_installed() -> bool:
+    """Tell whether fauxqs can run here: Node.js on the PATH and `npm ci` done (by make)."""
+    return shutil.which("node") is not None and (ROOT / "node_modules" / "fauxqs" / "package.json").is_file()
+
+
+def local_sqs_kinds() -> list[str]:
+    """Return the local SQS implementations this machine can run, the preferred first."""
+    return ["fauxqs", "moto"] if fauxqs_installed() else ["moto"]
+
+
+def local_sqs_kind() -> str:
+    """Return the local SQS to run: WIDGETS_LOCAL_SQS if set, else fauxqs when installed, else moto."""
+    kind = os.environ.get(LOCAL_SQS_ENV, "").strip().lower()
+    if not kind:
+        kind = local_sqs_kinds()[0]
+        if kind == "moto":
+            say_fallback_once()
+        return kind
+    if kind not in LOCAL_SQS_CHOICES:
+        raise ValueError(f"{LOCAL_SQS_ENV}={kind!r}: use one of {', '.join(LOCAL_SQS_CHOICES)}")
+    if kind == "fauxqs" and not fauxqs_installed():
+        raise ValueError(f"{LOCAL_SQS_ENV}=fauxqs, but fauxqs is not installed: {FAUXQS_HINT}")
+    return kind
+
+
+def local_sqs_version(kind: str) -> str:
+    """Return the installed version of a local SQS implementation."""
+    if kind == "moto":
+        return version("moto")
+    manifest = ROOT / "node_modules" / "fauxqs" / "package.json"
+    return str(json.loads(manifest.read_text())["version"])
+
+
+@functools.cache
+def say_fallback_once() -> None:
+    """Say once per process that the local SQS is moto's server because fauxqs is missing."""
+    print(
+        f"note: the local SQS is moto's server (slow), as fauxqs is not installed: {FAUXQS_HINT}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def start_sqs(
+    port: int | None = None, echo: Callable[[str, str], None] | None = None, kind: str | None = None
+) -> tuple[Process, str]:
+    """Start a local SQS on 127.0.0.1 (kind, else local_sqs_kind()); return it and its endpoint URL."""
+    kind = kind or local_sqs_kind()
+    if kind == "fauxqs":
+        # Port 0 lets the server pick a free port itself, with no race; it prints the one it got.
+        argv = ["node", str(ROOT / "devtools" / "local_sqs.mjs"), "--port", str(port or 0)]
+        process = Process("sqs", argv, echo=echo)
+        endpoint = process.wait_for(r"listening on (http://127\.0\.0\.1:\d+)").group(1)
+        return process, endpoint
     port = port or free_port()
     process = Process("sqs", [PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], echo=echo)
     endpoint = f"http://127.0.0.1:{port}"

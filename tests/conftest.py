@@ -1,8 +1,10 @@
-"""Fixtures: moto's in-process SQS with the three queues, the maker app, and stand-in HTTP servers."""
+"""Fixtures: moto's in-process SQS with the three queues, the maker app, stand-in HTTP servers, and
+which local SQS servers the end-to-end tests run on."""
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,10 +19,29 @@ from flask.testing import FlaskClient
 from moto import mock_aws
 from werkzeug.serving import make_server
 
+from devtools.stack import FAUXQS_HINT, LOCAL_SQS_ENV, local_sqs_kind, local_sqs_kinds, local_sqs_version
 from widget_maker import create_app
 from widgets.sqs import DEAD_LETTER_QUEUE, REQUEST_QUEUE, RESPONSE_QUEUE, QueueUrls, ensure_queues
 
 REGION = "us-east-1"
+
+
+def local_sqs_kinds_to_test() -> list[str]:
+    """The local SQS servers the end-to-end tests use: the one WIDGETS_LOCAL_SQS names, else all here."""
+    return [local_sqs_kind()] if os.environ.get(LOCAL_SQS_ENV, "").strip() else local_sqs_kinds()
+
+
+def pytest_report_header() -> str:
+    """Say at the top of the run which local SQS servers the end-to-end tests use."""
+    kinds = ", ".join(f"{kind} {local_sqs_version(kind)}" for kind in local_sqs_kinds_to_test())
+    missing = "" if "fauxqs" in local_sqs_kinds() else f" (fauxqs is not installed: {FAUXQS_HINT})"
+    return f"local SQS for the end-to-end tests: {kinds}{missing}"
+
+
+@pytest.fixture(params=local_sqs_kinds_to_test())
+def sqs_kind(request: pytest.FixtureRequest) -> str:
+    """Each local SQS server implementation, in turn, so no test depends on one emulator's quirks."""
+    return str(request.param)
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.stack import local_sqs_kind
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -39,6 +41,7 @@ def test_bench_reports_every_figure(tmp_path: Path) -> None:
     assert "one SendMessage per request" in result.stdout
 
     figures = json.loads(out.read_text())
+    assert figures["local_sqs"].startswith(f"{local_sqs_kind()} ")
     drains = figures["drains"]
     assert {name: (d["depth"], d["messages"]) for name, d in drains.items()} == {
         "raw": (30, 30),

@@ -1,23 +1,23 @@
 """Chaos test: nothing lost, nothing made twice, while the maker and the consumers are knocked over.
 
-The real scripts run against a moto server with short timings: two consumers compete for a
-stream of valid requests mixed with invalid widget ids and garbage bodies, and while the
-requests flow the maker is stopped and restarted twice (the second time for longer than five
-retry windows), one consumer is killed with SIGKILL (and restarted), and one is stopped with
-SIGTERM (and restarted). At the end a few requests the maker is told to refuse with 500
-(--fail-widget-id) end FAILED on purpose, and nothing else may. The truth is what was
-sent (the message ids the producer printed and boto3 returned); at the end the maker's SQLite
-file, the response queue, the request queue and the dead-letter queue are checked against it,
-and the checks are printed as a table.
+The real scripts run against each local SQS server (fauxqs, moto's) with short timings: two
+consumers compete for a stream of valid requests mixed with invalid widget ids and garbage
+bodies, and while the requests flow the maker is stopped and restarted twice (the second time
+for longer than five retry windows), a third consumer is killed with SIGKILL, and one is
+stopped with SIGTERM (and restarted). At the end a few requests the maker is told to
+refuse with 500 (--fail-widget-id) end FAILED on purpose, and nothing else may. The truth is
+what was sent (the message ids the producer printed and boto3 returned); at the end the
+maker's SQLite file, the response queue, the request queue and the dead-letter queue are
+checked against it, and the checks are printed as a table.
 
 `make test` runs the small size; `make chaos` (CHAOS_SIZE=full) runs the full one.
 
 Faults, all while requests flow: the maker stopped (SIGTERM) and restarted twice, the second
-outage five times --max-receives x --retry-delay long, which the breaker rides out; consumer A
-killed with SIGKILL after the maker answered but before its SQS writes were made (the maker is
-paused with SIGSTOP so A surely holds requests, then SQS is paused while the maker resumes),
-and restarted; consumer B stopped with SIGTERM while its workers wait on a paused maker, and
-restarted.
+outage five times --max-receives x --retry-delay long, which the breaker rides out; a consumer
+K killed with SIGKILL after the maker answered but before its SQS writes were made (A and B are
+paused so K takes the next group, the maker is paused with SIGSTOP so K surely holds requests,
+then SQS is paused while the maker resumes); consumer B stopped with SIGTERM while its
+workers wait on a paused maker, and restarted.
 
 Each protection, removed in a scratch copy of the code, makes these checks fail:
 - the maker's idempotency (ON CONFLICT DO NOTHING, 200 for a repeat): repeated widget ids and
@@ -636,7 +636,7 @@ def outcome_checks(
     return checks
 
 
-def run_chaos(size: Size, tmp: Path) -> tuple[list[Check], Stack]:
+def run_chaos(size: Size, tmp: Path, sqs_kind: str) -> tuple[list[Check], Stack]:
     """Run the whole scenario at the given size; return the checks and the processes' logs."""
     clock = Clock()
     stack = Stack()
@@ -644,7 +644,7 @@ def run_chaos(size: Size, tmp: Path) -> tuple[list[Check], Stack]:
     checks: list[Check] = []
     senders: list[Sender] = []
     try:
-        sqs_process, endpoint = start_sqs()
+        sqs_process, endpoint = start_sqs(kind=sqs_kind)
         stack.add(sqs_process)
         maker_port = free_port()
         doomed_ids = [new_widget_id() for _ in range(size.doomed)]
@@ -658,7 +658,10 @@ def run_chaos(size: Size, tmp: Path) -> tuple[list[Check], Stack]:
         request_url = sqs.get_queue_url(QueueName=REQUEST_QUEUE)["QueueUrl"]
         response_url = sqs.get_queue_url(QueueName=RESPONSE_QUEUE)["QueueUrl"]
         dead_url = sqs.get_queue_url(QueueName=DEAD_LETTER_QUEUE)["QueueUrl"]
-        clock.say(f"started: sqs {endpoint}, maker {base}, consumers A and B ({' '.join(CONSUMER_ARGS)})")
+        clock.say(
+            f"started: sqs ({sqs_kind}) {endpoint}, maker {base}, "
+            f"consumers A and B ({' '.join(CONSUMER_ARGS)})"
+        )
 
         sender = Sender(endpoint, sqs, request_url, size, clock)
         senders.append(sender)
@@ -696,30 +699,33 @@ def run_chaos(size: Size, tmp: Path) -> tuple[list[Check], Stack]:
 
         retried_first = outage(1, 1)
 
-        # Consumer A is killed between the maker's answers and the SQS writes about them: the
-        # maker pauses so A surely holds requests, then SQS pauses and the maker resumes, so A
-        # gets its answers (the widgets are made) but its responses and deletes wait on SQS.
-        # Whatever A had written reaches SQS when it resumes; the rest is redelivered after
-        # the visibility timeout and must end the same way, without a second widget.
+        # A consumer is killed between the maker's answers and the SQS writes about them: A and
+        # B pause, so a fresh consumer K is the only one to take the next group; the maker pauses
+        # so K surely holds requests, then SQS pauses and the maker resumes, so K gets its
+        # answers (the widgets are made) but its responses and deletes wait on SQS. Whatever K
+        # had written reaches SQS when it resumes; the rest is redelivered after the visibility
+        # timeout and must end the same way, without a second widget.
+        for consumer in consumers:
+            consumer.signal(signal.SIGSTOP)
+        victim = stack.add(start_consumer(endpoint, maker_url, CONSUMER_ARGS, name="consumer-K"))
         in_flight = freeze_maker(2)
         sqs_process.signal(signal.SIGSTOP)
-        unwritten_from = len(first.lines)
+        unwritten_from = len(victim.lines)
         maker.signal(signal.SIGCONT)
         time.sleep(0.5)
-        first.kill()
+        victim.kill()
         sqs_process.signal(signal.SIGCONT)
+        for consumer in consumers:
+            consumer.signal(signal.SIGCONT)
         unwritten = [
             m.group(1)
-            for line in first.lines[unwritten_from:]
+            for line in victim.lines[unwritten_from:]
             if (m := re.search(r" message_id=(\S+)", line))
         ]
         clock.say(
-            f"fault 2: consumer A killed with SIGKILL ({in_flight} requests in flight, "
-            f"{len(unwritten)} outcomes not yet written to SQS)"
+            f"fault 2: consumer K killed with SIGKILL ({in_flight} requests in flight, "
+            f"{len(unwritten)} outcomes not yet written to SQS); A and B resumed"
         )
-        first = stack.add(start_consumer(endpoint, maker_url, CONSUMER_ARGS, name="consumer-A2"))
-        consumers[0] = first
-        clock.say("fault 2: consumer A2 started")
 
         retried_second = outage(2, 3)
 
@@ -843,10 +849,10 @@ def run_chaos(size: Size, tmp: Path) -> tuple[list[Check], Stack]:
 @pytest.mark.parametrize(
     "size", [pytest.param(SIZE, id=SIZE.name, marks=pytest.mark.timeout(SIZE.time_limit))]
 )
-def test_chaos(size: Size, tmp_path: Path) -> None:
+def test_chaos(size: Size, sqs_kind: str, tmp_path: Path) -> None:
     """Faults while requests flow: every request ends exactly once, every valid widget exists exactly once."""
     started = time.monotonic()
-    checks, stack = run_chaos(size, tmp_path)
+    checks, stack = run_chaos(size, tmp_path, sqs_kind)
     print_table(checks)
     failed = [c.name for c in checks if not c.ok]
     if failed:
@@ -857,5 +863,5 @@ def test_chaos(size: Size, tmp_path: Path) -> None:
                 seen[re.sub(r"^(\S+: )\d{4}-\d\d-\d\d [\d:,]+ ", r"\1", line)] += 1
         for line, times in list(seen.items())[:30]:
             print(f"{times:4d} x {line}")
-    print(f"chaos ({size.name}) took {time.monotonic() - started:.1f}s")
+    print(f"chaos ({size.name}, {sqs_kind}) took {time.monotonic() - started:.1f}s")
     assert not failed, f"chaos checks failed: {failed}"

@@ -16,7 +16,7 @@ from tests.conftest import ScriptedMaker
 from widget_consumer import Consumer, Settings
 from widget_producer import send_requests
 from widgets.handling import RetryPolicy
-from widgets.maker_client import MakerClient, make_http_session
+from widgets.maker_client import MakerClient, make_pool
 from widgets.messages import FAILED, OK, REJECTED, RETRY, Received, request_body
 from widgets.outbox import Outbox
 from widgets.sqs import QueueUrls
@@ -420,9 +420,9 @@ def test_consumer_rides_out_an_sqs_outage(
     assert any("sqs_recovered" in r.getMessage() for r in caplog.records)
 
 
-def test_http_session_pool_is_sized_to_the_workers() -> None:
-    adapter = make_http_session(7, "http://127.0.0.1/add").get_adapter("http://127.0.0.1/")
-    assert adapter._pool_maxsize == 7  # type: ignore[attr-defined]
+def test_the_maker_pool_is_sized_to_the_workers() -> None:
+    pool = make_pool(7, "http://127.0.0.1/add")
+    assert pool.connection_pool_kw["maxsize"] == 7
 
 
 def test_json_log_lines_carry_the_fields(

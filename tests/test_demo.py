@@ -7,12 +7,13 @@ import sys
 
 import pytest
 
-from devtools.stack import ROOT, script_env
+from devtools.stack import ROOT, local_sqs_kind, script_env
 
 
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
 def test_demo_shows_every_outcome() -> None:
+    """The tour on the local SQS a newcomer gets (fauxqs where installed; it is the same tour on moto)."""
     result = subprocess.run(
         [sys.executable, "-m", "devtools.demo"],
         cwd=ROOT,
@@ -24,6 +25,7 @@ def test_demo_shows_every_outcome() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
+    assert f"Starting a local SQS ({local_sqs_kind()} " in out
     assert "REJECTED this_is_not_a_valid_widget_id receive_count=1" in out
     assert "breaker_open: maker unreachable" in out and "breaker_closed" in out
     assert "FAILED faded000-0000-11e5-8000-000000000bad receive_count=3" in out

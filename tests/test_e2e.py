@@ -1,4 +1,4 @@
-"""End to end: the real scripts as processes, on a moto server, with a real maker."""
+"""End to end: the real scripts as processes, on each local SQS server (fauxqs, moto), with a real maker."""
 
 from __future__ import annotations
 
@@ -25,10 +25,11 @@ FAST = ["--wait-time", "1", "--visibility-timeout", "3", "--http-timeout", "1", 
 class Stack:
     """A local SQS and a maker, with the consumers a test starts; everything stopped at the end."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        """Start the local SQS and the maker."""
+    def __init__(self, tmp_path: Path, sqs_kind: str) -> None:
+        """Start the local SQS (of that kind) and the maker."""
         self.processes: list[Process] = []
-        self.sqs_process, self.endpoint = start_sqs()
+        self.sqs_kind = sqs_kind
+        self.sqs_process, self.endpoint = start_sqs(kind=sqs_kind)
         self.processes.append(self.sqs_process)
         self.db = tmp_path / "widgets.db"
         self.maker, self.maker_base = start_maker(self.db)
@@ -96,9 +97,9 @@ class Stack:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    """A running local SQS and maker for one test."""
-    running = Stack(tmp_path)
+def stack(tmp_path: Path, sqs_kind: str) -> Iterator[Stack]:
+    """A running local SQS and maker for one test, on each local SQS server in turn."""
+    running = Stack(tmp_path, sqs_kind)
     yield running
     running.stop()
 
@@ -210,7 +211,7 @@ def test_consumer_rides_out_a_local_sqs_restart(stack: Stack) -> None:
     stack.sqs_process.stop()
     consumer.wait_for("sqs_outage receiving requests: cannot reach SQS")
     time.sleep(2)  # several failed receives, each would log if logging were per attempt
-    stack.sqs_process, _ = start_sqs(port)
+    stack.sqs_process, _ = start_sqs(port, kind=stack.sqs_kind)
     stack.processes.append(stack.sqs_process)
     stack.queues()  # the restarted local SQS starts empty
     sent = stack.produce("--wait", "--timeout", "20")

@@ -1,4 +1,4 @@
-"""End to end: a consumer process's /metrics and /healthz, on a moto server, with a real maker."""
+"""End to end: a consumer process's /metrics and /healthz, on each local SQS server, with a real maker."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ STATUSES = ("OK", "REJECTED", "FAILED")
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    """A running local SQS and maker for one test."""
-    running = Stack(tmp_path)
+def stack(tmp_path: Path, sqs_kind: str) -> Iterator[Stack]:
+    """A running local SQS and maker for one test, on each local SQS server in turn."""
+    running = Stack(tmp_path, sqs_kind)
     yield running
     running.stop()
 
@@ -102,7 +102,7 @@ def test_healthz_is_503_while_sqs_is_away_and_200_when_it_is_back(stack: Stack) 
     errors = metrics(base)["widget_consumer_sqs_errors_total"]
     assert errors[(("error", "EndpointConnectionError"), ("operation", "ReceiveMessage"))] >= 1
 
-    stack.sqs_process, _ = start_sqs(port)
+    stack.sqs_process, _ = start_sqs(port, kind=stack.sqs_kind)
     stack.processes.append(stack.sqs_process)
     stack.queues()  # the restarted local SQS starts empty
     wait_until(lambda: health(base)[0] == 200, timeout=20)

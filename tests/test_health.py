@@ -46,7 +46,7 @@ def receiver(**changes: Any) -> ReceiverState:
             503,
             "receives fail: cannot reach SQS at http://127.0.0.1:9324",
         ),
-        (receiver(alive=False), 101.0, 503, "the receiver thread has died"),
+        (receiver(alive=False), 101.0, 503, "a receiver thread has died"),
         (receiver(alive=False, stopping=True), 101.0, 503, "the consumer is stopping"),
     ],
 )

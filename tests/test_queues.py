@@ -447,9 +447,9 @@ def test_read_responses_stops_when_only_seen_ones_come_back(
 
 
 @pytest.fixture
-def sqs_server() -> Iterator[str]:
-    """Run a local SQS (moto's server) on a free port; return its endpoint."""
-    process, endpoint = start_sqs()
+def sqs_server(sqs_kind: str) -> Iterator[str]:
+    """Run a local SQS server (each kind in turn) on a free port; return its endpoint."""
+    process, endpoint = start_sqs(kind=sqs_kind)
     try:
         yield endpoint
     finally:

@@ -62,7 +62,9 @@ class Dispatcher:
         """Record that count reserved or held messages are done with, making room for more."""
         with self._room:
             self._held -= count
-            self._room.notify()
+            # Only when a batch fits: waking the receiver for each message costs CPU for nothing.
+            if self.capacity - self._held >= self.lookahead:
+                self._room.notify()
 
     def held(self) -> int:
         """Return how many messages are reserved or held."""

@@ -1,9 +1,10 @@
 """The consumer's health, for GET /healthz: does it receive normally?
 
-Healthy (200) while the receiver thread runs and its receives work: a receive that SQS answered,
-or one under way for less than the long poll plus STUCK_MARGIN. Unhealthy (503, with the reason)
-when the thread is gone, when receives fail (SQS unreachable, credentials refused, queue gone),
-or when a receive hangs. Waiting for a free worker is healthy: the workers are busy.
+Healthy (200) while the receiver's threads run and their receives work: the last receive worked,
+or the latest one is under way for less than the long poll plus STUCK_MARGIN. Unhealthy (503,
+with the reason) when a thread is gone, when receives fail (SQS unreachable, credentials
+refused, queue gone), or when a receive hangs. Waiting for a free worker is healthy: the
+workers are busy.
 
 An open breaker is healthy too: the maker is down, not this consumer, and restarting it would
 not bring the maker back; it would only put every consumer in a restart loop and lose the
@@ -24,7 +25,7 @@ STUCK_MARGIN = 30.0
 class ReceiverState:
     """What the health check reads from the receiver; times are time.monotonic() values."""
 
-    alive: bool  # its thread runs
+    alive: bool  # every one of its threads runs
     stopping: bool  # the consumer was asked to stop
     failing: str | None  # why the last receive failed, None if it worked
     last_attempt: float  # start of the last receive call
@@ -53,7 +54,7 @@ def check(receiver: ReceiverState, breaker_state: str, outage: float, now: float
 def trouble(receiver: ReceiverState, now: float, wait_time: float) -> str | None:
     """Return why the receiver does not receive normally, or None if it does."""
     if not receiver.alive:
-        return "the consumer is stopping" if receiver.stopping else "the receiver thread has died"
+        return "the consumer is stopping" if receiver.stopping else "a receiver thread has died"
     if receiver.failing is not None:
         return f"receives fail: {receiver.failing}"
     under_way = now - receiver.last_attempt

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from widgets.messages import Received
@@ -19,6 +21,8 @@ log = logging.getLogger(__name__)
 
 # Pause before retrying writes that SQS refused one by one.
 PARTIAL_FAILURE_PAUSE = 0.5
+# Batch calls in flight at once: enough for a few thousand writes a second at Amazon's latency.
+CALLS_IN_FLIGHT = 4
 
 
 class Outbox:
@@ -43,6 +47,12 @@ class Outbox:
         self._refused = False
         self._outage = OutageLog(sqs, "writing responses, deletes and visibility changes")
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+        self._calls = ThreadPoolExecutor(CALLS_IN_FLIGHT, thread_name_prefix="outbox-call")
+        self._callers: dict[str, Callable[[list[Any]], None]] = {
+            "_responses": self._send_responses,
+            "_deletes": self._delete,
+            "_visibility": self._change_visibility,
+        }
 
     def start(self) -> None:
         """Start flushing in the background."""
@@ -52,19 +62,27 @@ class Outbox:
         """Queue a response to send, and the request's delete once it is sent."""
         with self._changed:
             self._responses.append((message, body))
-            self._changed.notify()
+            self._wake(len(self._responses))
 
     def change_visibility(self, message: Received, seconds: int) -> None:
         """Queue a visibility change: a retry delay, an extension, or 0 to hand a message back at once."""
         with self._changed:
             self._visibility[message.receipt_handle] = (message, seconds)
-            self._changed.notify()
+            self._wake(len(self._visibility))
 
     def delete(self, message: Received) -> None:
         """Queue the delete of a request that needs no response (a fresh copy of it was sent)."""
         with self._changed:
             self._visibility.pop(message.receipt_handle, None)
             self._deletes.append(message)
+            self._wake(len(self._deletes))
+
+    def _wake(self, backlog: int) -> None:
+        """Wake the flusher when it has a reason: its first write to wait for, or a full batch.
+
+        Not on every write: a thread woken per message costs the consumer more CPU than the write.
+        """
+        if backlog >= MAX_BATCH or self.pending() == 1:
             self._changed.notify()
 
     def pending(self) -> int:
@@ -101,39 +119,43 @@ class Outbox:
     def flush(self) -> float:
         """Make every queued write once, keeping what failed; return how long to back off (0: all went).
 
-        Each kind is tried even when another failed, so an outage of one call does not hold up
-        the others (hand-backs especially); a request's delete still waits for its response.
+        The batch calls go out together (each costs a network round trip on Amazon SQS), and
+        each kind is tried even when another failed, so an outage of one call does not hold up
+        the others (hand-backs especially); a request's delete still waits for its response,
+        which is sent in an earlier flush.
         """
         self._refused = False
-        error: Exception | None = None
-        for backlog, call in (
-            ("_responses", self._send_responses),
-            ("_deletes", self._delete),
-            ("_visibility", self._change_visibility),
-        ):
-            with self._changed:
-                items = getattr(self, backlog)
-                setattr(self, backlog, type(items)())
-                items = list(items.values()) if isinstance(items, dict) else items
-            try:
-                self._each_batch(items, call, backlog)
-            except SQS_ERRORS as exc:
-                error = error or exc
+        errors = self._round(("_responses", "_deletes", "_visibility"))
+        # The deletes of the requests whose responses just went.
+        errors += self._round(("_deletes",))
+        error = next((e for e in errors if e is not None), None)
         if error is not None:
             return self._outage.failed(error)
         self._outage.recovered()
         # Entries refused one by one (throttling, internal errors) are retried after a pause.
         return PARTIAL_FAILURE_PAUSE if self._refused else 0.0
 
-    def _each_batch(self, items: list[Any], call: Any, backlog: str) -> None:
-        """Call call on items ten at a time; on an SQS error, put the rest back on backlog and raise."""
-        chunks = list(batches(items))
-        for index, chunk in enumerate(chunks):
-            try:
-                call(chunk)
-            except SQS_ERRORS:
-                self._keep(backlog, [e for rest in chunks[index:] for e in rest])
-                raise
+    def _round(self, backlogs: tuple[str, ...]) -> list[Exception | None]:
+        """Make the batch calls for everything on the given backlogs, all at once; return their errors."""
+        calls: list[tuple[str, Callable[[list[Any]], None], list[Any]]] = []
+        for backlog in backlogs:
+            with self._changed:
+                items = getattr(self, backlog)
+                setattr(self, backlog, type(items)())
+                items = list(items.values()) if isinstance(items, dict) else items
+            calls.extend((backlog, self._callers[backlog], chunk) for chunk in batches(items))
+        if len(calls) <= 1:
+            return [self._make(*task) for task in calls]
+        return list(self._calls.map(lambda task: self._make(*task), calls))
+
+    def _make(self, backlog: str, call: Callable[[list[Any]], None], chunk: list[Any]) -> Exception | None:
+        """Make one batch call; on an SQS error keep its writes for the next flush and return the error."""
+        try:
+            call(chunk)
+        except SQS_ERRORS as exc:
+            self._keep(backlog, chunk)
+            return exc
+        return None
 
     def _keep(self, backlog: str, entries: list[Any]) -> None:
         """Put writes that were not made back on their backlog (behind any newer visibility change)."""
@@ -199,4 +221,5 @@ class Outbox:
             deadline = time.monotonic() + timeout
             while self.pending() and time.monotonic() < deadline:
                 time.sleep(self.flush())
+        self._calls.shutdown(wait=False)
         return self.pending()

@@ -29,7 +29,11 @@ LONGEST_NAP = 1.0
 
 
 class Receiver:
-    """One thread receiving batches of requests and handing them to the dispatcher."""
+    """Threads receiving batches of requests and handing them to the dispatcher.
+
+    Several receives in flight at once, as many as the dispatcher has room for batches: on
+    Amazon SQS each receive costs a network round trip, and one at a time would cap the rate.
+    """
 
     def __init__(
         self,
@@ -44,6 +48,7 @@ class Receiver:
         wait_time: int,
         visibility_timeout: int,
         stopping: threading.Event,
+        threads: int = 1,
         observer: Observer | None = None,
     ) -> None:
         """Prepare the receiver; start() runs it until stopping is set."""
@@ -61,23 +66,29 @@ class Receiver:
         self.receives = 0
         self.last_receive = self.last_attempt = time.monotonic()
         self._outage = OutageLog(sqs, "receiving requests")
-        self._thread = threading.Thread(target=self._run, name="receiver", daemon=True)
+        self._probing = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"receiver-{n}", daemon=True) for n in range(threads)
+        ]
 
     def start(self) -> None:
         """Start receiving in the background."""
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def alive(self) -> bool:
-        """Tell whether the receiving thread runs."""
-        return self._thread.is_alive()
+        """Tell whether every receiving thread runs."""
+        return all(thread.is_alive() for thread in self._threads)
 
     def failing(self) -> str | None:
         """Return why the last receive failed, or None if it worked."""
         return self._outage.error
 
     def join(self, timeout: float) -> None:
-        """Wait up to timeout for a receive in progress to end."""
-        self._thread.join(timeout)
+        """Wait up to timeout for the receives in progress to end."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(deadline - time.monotonic(), 0.0))
 
     def receive(self, wanted: int) -> list[Received]:
         """Receive up to wanted requests, long-polling while the queue is empty."""
@@ -128,9 +139,12 @@ class Receiver:
                 self.stopping.wait(IDLE_PAUSE)
 
     def _wait_out_outage(self) -> None:
-        """While the breaker is open: sleep until the next probe is due, then probe the maker."""
+        """While the breaker is open: sleep until the next probe is due, then probe the maker (one thread)."""
         delay = self.breaker.until_probe()
-        if delay > 0:
-            self.stopping.wait(min(delay, LONGEST_NAP))
+        if delay > 0 or not self._probing.acquire(blocking=False):
+            self.stopping.wait(min(delay, LONGEST_NAP) or TRIALS_OUT_PAUSE)
             return
-        self.breaker.probed(self.probe())
+        try:
+            self.breaker.probed(self.probe())
+        finally:
+            self._probing.release()
