@@ -15,6 +15,10 @@ of one message, top to bottom:
 
 A request queue named *.fifo is a FIFO queue: the dispatcher then keeps each message group in
 order (one request of a group at a time, the next only after the one before it is settled).
+
+With --metrics-port, an Endpoint (widgets/endpoint.py) serves the consumer's Prometheus metrics
+(widgets/consumer_metrics.py, an Observer of widgets/observer.py) and its health
+(widgets/health.py); without it, the Observer that ignores everything is used.
 """
 
 from __future__ import annotations
@@ -33,12 +37,16 @@ import click
 
 from widgets.breaker import Breaker
 from widgets.cli import CONTEXT_SETTINGS, sqs_options
+from widgets.consumer_metrics import ConsumerMetrics
 from widgets.dispatcher import Dispatcher
+from widgets.endpoint import Endpoint
 from widgets.handling import Handler, RetryPolicy
+from widgets.health import Health, ReceiverState, check
 from widgets.heartbeat import Heartbeat
 from widgets.logs import FORMATS, LEVELS, configure_logging
 from widgets.maker_client import MakerClient
 from widgets.messages import FAILED, OK, REJECTED, RETRY
+from widgets.observer import Observer, Snapshot
 from widgets.outbox import Outbox
 from widgets.rate_limit import RateLimiter
 from widgets.receiver import Receiver
@@ -52,6 +60,7 @@ from widgets.sqs import (
     find_queues,
     is_fifo,
     make_client,
+    watch_calls,
 )
 
 log = logging.getLogger("widget_consumer")
@@ -76,6 +85,8 @@ class Settings:
     max_rate: float | None = None
     token: str | None = field(default=None, repr=False)
     flush_interval: float = 0.05
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     @property
     def policy(self) -> RetryPolicy:
@@ -93,9 +104,13 @@ def validate(settings: Settings) -> None:
 class Consumer:
     """The consumer's mechanisms wired together: start() runs them, stop() and join() end them."""
 
-    def __init__(self, sqs: SQSClient, urls: QueueUrls, settings: Settings) -> None:
-        """Build every mechanism from the settings."""
+    def __init__(
+        self, sqs: SQSClient, urls: QueueUrls, settings: Settings, observer: Observer | None = None
+    ) -> None:
+        """Build every mechanism from the settings; each reports to observer (by default, to nobody)."""
         self.sqs = sqs
+        self.settings = settings
+        self.observer = observer or Observer()
         self.stopping = threading.Event()
         self.outbox = Outbox(sqs, urls, settings.flush_interval)
         self.maker = MakerClient(
@@ -103,11 +118,13 @@ class Consumer:
             timeout=settings.http_timeout,
             workers=settings.workers,
             token=settings.token,
+            observer=self.observer,
         )
         self.breaker = Breaker(max_wait=float(min(max(settings.retry_delay, 1), 30)))
         self.heartbeat = Heartbeat(
             extend=self.outbox.change_visibility, visibility_timeout=settings.visibility_timeout
         )
+        self.limiter = RateLimiter(rate=settings.max_rate)
         self.handler = Handler(
             sqs=sqs,
             urls=urls,
@@ -115,7 +132,7 @@ class Consumer:
             maker=self.maker,
             breaker=self.breaker,
             heartbeat=self.heartbeat,
-            limiter=RateLimiter(rate=settings.max_rate),
+            limiter=self.limiter,
             policy=replace(settings.policy, fifo=is_fifo(urls.request)),
             stopping=self.stopping,
         )
@@ -139,7 +156,11 @@ class Consumer:
             stopping=self.stopping,
             # One receive in flight per batch the dispatcher can hold.
             threads=-(-self.dispatcher.capacity // settings.batch_size),
+            observer=self.observer,
         )
+        if self.observer.active:
+            watch_calls(sqs, self.observer.sqs_error, self.observer.sqs_refused)
+        self.observer.watch(self.snapshot)
         self.handle = self.handler.handle
         self.counts = self.handler.counts
 
@@ -169,6 +190,36 @@ class Consumer:
         """Return a copy of the outcome counts so far."""
         return self.handler.counted()
 
+    def snapshot(self) -> Snapshot:
+        """Return the counts and levels the mechanisms keep, as they are now (for a metrics scrape)."""
+        since_receive = time.monotonic() - self.receiver.last_receive
+        return Snapshot(
+            outcomes=self.counted(),
+            held=self.heartbeat.held(),
+            maker_calls_in_flight=self.maker.in_flight,
+            outbox_backlog=self.outbox.pending(),
+            breaker_state=self.breaker.state,
+            breaker_opened=self.breaker.opened,
+            breaker_open_seconds=self.breaker.down_seconds(),
+            heartbeat_extensions=self.heartbeat.extensions,
+            rate_limit_waits=self.limiter.waits,
+            rate_limit_wait_seconds=self.limiter.waited,
+            last_receive=time.time() - since_receive if self.receiver.receives else None,
+        )
+
+    def health(self) -> Health:
+        """Judge whether the consumer receives normally (for GET /healthz)."""
+        receiver = ReceiverState(
+            alive=self.receiver.alive(),
+            stopping=self.stopping.is_set(),
+            failing=self.receiver.failing(),
+            last_attempt=self.receiver.last_attempt,
+            last_receive=self.receiver.last_receive,
+        )
+        return check(
+            receiver, self.breaker.state, self.breaker.outage(), time.monotonic(), self.settings.wait_time
+        )
+
     def summary(self, elapsed: float) -> str:
         """Return a one-line summary of the outcomes so far."""
         counted = self.counted()
@@ -176,6 +227,19 @@ class Consumer:
         counts = " ".join(f"{status}={counted[status]}" for status in (OK, REJECTED, FAILED, RETRY))
         rate = done / elapsed if elapsed > 0 else 0.0
         return f"summary {counts} rate={rate:.1f}/s over {elapsed:.0f}s"
+
+
+def open_endpoint(settings: Settings) -> Endpoint | None:
+    """Bind the metrics port if one was asked for, before anything starts; one clear line if it cannot."""
+    if settings.metrics_port is None:
+        return None
+    try:
+        return Endpoint(host=settings.metrics_host, port=settings.metrics_port)
+    except OSError as error:
+        raise click.ClickException(
+            f"--metrics-port: cannot listen on {settings.metrics_host}:{settings.metrics_port}: "
+            f"{error.strerror or error}"
+        ) from None
 
 
 def warn_if_maker_is_down(maker: MakerClient) -> None:
@@ -281,6 +345,19 @@ def install_signal_handlers() -> list[int]:
     help="Requests handled at once.",
 )
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics at /metrics and the health at /healthz on this port "
+    "(0: any free one) [default: off].",
+)
+@click.option(
+    "--metrics-host",
+    default=Settings.metrics_host,
+    show_default=True,
+    help="Address the metrics port listens on (0.0.0.0: every interface).",
+)
+@click.option(
     "--create-queues/--no-create-queues",
     default=True,
     show_default=True,
@@ -312,6 +389,8 @@ def main(
     http_timeout: float,
     workers: int,
     max_rate: float | None,
+    metrics_port: int | None,
+    metrics_host: str,
     create_queues: bool,
     log_level: str,
     log_format: str,
@@ -343,6 +422,8 @@ def main(
         workers=workers,
         max_rate=max_rate,
         token=os.environ.get("WIDGET_MAKER_TOKEN") or None,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
     validate(settings)
     dead_letter_queue = dead_letter_queue or dead_letter_queue_name(sqs_request_queue)
@@ -351,6 +432,8 @@ def main(
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     configure_logging(log_level, log_format)
+    endpoint = open_endpoint(settings)
+    metrics = ConsumerMetrics() if endpoint is not None else None
     # Connections for the receives, the outbox's batch calls and each worker's dead-letter copy.
     sqs = make_client(region, endpoint_url, max_connections=2 * workers + 8, read_timeout=wait_time + 20)
     names = (sqs_request_queue, sqs_response_queue, dead_letter_queue)
@@ -358,7 +441,7 @@ def main(
         urls = ensure_queues(sqs, *names, max_receives=max_receives)
     else:
         urls = find_queues(sqs, *names)
-    consumer = Consumer(sqs, urls, settings)
+    consumer = Consumer(sqs, urls, settings, observer=metrics)
     warn_if_maker_is_down(consumer.maker)
     signals = install_signal_handlers()
     log.info(
@@ -376,6 +459,9 @@ def main(
     started = last_summary = time.monotonic()
     last_counts = consumer.counted()
     consumer.start()
+    if endpoint is not None and metrics is not None:
+        endpoint.start(metrics=metrics.render, health=consumer.health)
+        log.info("metrics at %s/metrics, health at %s/healthz", endpoint.url, endpoint.url)
     while not signals:
         time.sleep(0.1)
         now = time.monotonic()
@@ -385,6 +471,8 @@ def main(
     log.info("stopping (signal %d): finishing held messages; signal again to exit now", signals[0])
     consumer.stop()
     unsent = consumer.join(grace=min(wait_time, 2) + 0.5)
+    if endpoint is not None:
+        endpoint.stop()
     log.info(consumer.summary(time.monotonic() - started))
     if unsent:
         log.warning("stopped with %d SQS writes not made; SQS will redeliver those requests", unsent)

@@ -117,3 +117,24 @@ def test_retry_after_sets_how_long_it_stays_open(breaker: Breaker) -> None:
 def test_calls_that_fail_after_it_opened_are_the_outage(breaker: Breaker) -> None:
     breaker.failed("a", UNREACHABLE, "down")
     assert breaker.failed("b", FAILING, "timeout") is True
+
+
+def test_outages_are_counted_and_timed_to_the_second(breaker: Breaker, clock: FakeClock) -> None:
+    assert (breaker.opened, breaker.down_seconds()) == (0, 0.0)
+    breaker.failed("a", UNREACHABLE, "maker unreachable")
+    clock.now = 5.0
+    assert (breaker.opened, breaker.down_seconds()) == (1, 5.0)
+    breaker.probed(True)
+    clock.now = 7.0
+    breaker.failed("b", UNREACHABLE, "maker unreachable", trial=True)  # a failed trial: the same outage
+    assert (breaker.opened, breaker.down_seconds()) == (1, 7.0)
+    clock.now = 10.0
+    breaker.probed(True)
+    breaker.succeeded()
+    breaker.succeeded()
+    assert breaker.state == CLOSED
+    clock.now = 100.0
+    assert (breaker.opened, breaker.down_seconds()) == (1, 10.0)
+    breaker.failed("c", OVERLOADED, "maker answered 503")
+    clock.now = 101.5
+    assert (breaker.opened, breaker.down_seconds()) == (2, 11.5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 
 import pytest
@@ -10,6 +12,7 @@ from devtools.stack import free_port
 from tests.conftest import ScriptedMaker
 from widgets.maker_client import FAILING, OVERLOADED, UNREACHABLE, MakerClient, parse_retry_after
 from widgets.messages import OK, REJECTED, RETRY
+from widgets.observer import Observer
 
 VALID_ID = "31f37378-54f4-11e5-ad75-3c970e65f731"
 
@@ -68,3 +71,52 @@ def test_a_slow_maker_is_a_failing_call(scripted_maker: tuple[ScriptedMaker, str
     script.delay = 0.5
     answer = MakerClient(url=url, timeout=0.1, workers=1).create(VALID_ID, "message-1")
     assert (answer.status, answer.failure) == (RETRY, FAILING)
+
+
+class Calls(Observer):
+    """An observer keeping the maker calls it hears of."""
+
+    def __init__(self) -> None:
+        """Start with none."""
+        self.calls: list[tuple[int | None, str | None, float]] = []
+
+    def maker_call(self, code: int | None, no_answer: str | None, seconds: float) -> None:
+        """Keep the call."""
+        self.calls.append((code, no_answer, seconds))
+
+
+def test_each_call_is_reported_with_its_answer_and_time(scripted_maker: tuple[ScriptedMaker, str]) -> None:
+    script, url = scripted_maker
+    observer = Calls()
+    client = MakerClient(url=url, timeout=0.5, workers=2, observer=observer)
+    client.create(VALID_ID, "message-1")
+    script.status = 500
+    client.create(VALID_ID, "message-2")
+    script.delay = 1.0
+    client.create(VALID_ID, "message-3")
+    MakerClient(url=f"http://127.0.0.1:{free_port()}/add", timeout=2, workers=1, observer=observer).create(
+        VALID_ID, "message-4"
+    )
+    assert [(code, no_answer) for code, no_answer, _ in observer.calls] == [
+        (201, None),
+        (500, None),
+        (None, "timeout"),
+        (None, "unreachable"),
+    ]
+    assert 0.5 <= observer.calls[2][2] < 1.0
+    assert client.in_flight == 0
+
+
+def test_calls_under_way_are_counted(scripted_maker: tuple[ScriptedMaker, str]) -> None:
+    script, url = scripted_maker
+    script.delay = 0.5
+    client = MakerClient(url=url, timeout=2, workers=3)
+    seen: list[int] = []
+    with ThreadPoolExecutor(3) as pool:
+        calls = [pool.submit(client.create, VALID_ID, f"message-{n}") for n in range(3)]
+        while len(script.requests) < 3:
+            time.sleep(0.01)
+        seen.append(client.in_flight)
+        assert [call.result().status for call in calls] == [OK] * 3
+    assert seen == [3]
+    assert client.in_flight == 0

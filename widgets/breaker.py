@@ -49,6 +49,8 @@ class Breaker:
         self._wait = first_wait
         self._probe_at = 0.0
         self._outage_started = 0.0
+        self.opened = 0  # outages begun
+        self._past_outages = 0.0  # seconds of the outages that ended
         self._trials_taken = 0
         self._trials_passed = 0
         self._lock = threading.Lock()
@@ -85,6 +87,7 @@ class Breaker:
             if self._trials_passed >= self.trial_calls:
                 self.state = CLOSED
                 self._wait = self.first_wait
+                self._past_outages += self.outage()
                 log.info("breaker_closed: the maker is back after an outage of %.1fs", self.outage())
 
     def failed(
@@ -122,10 +125,12 @@ class Breaker:
         now = self.clock()
         if self.state == CLOSED:
             self._outage_started = now
+            self.opened += 1
             log.warning("breaker_open: %s; holding requests back and probing the maker", reason)
         else:
-            # Trials failed: wait longer before the next probe.
+            # A trial failed: the outage goes on; wait longer before the next probe.
             self._wait = min(self._wait * 2, self.max_wait)
+            log.warning("breaker_open: %s; a trial request failed, the outage goes on", reason)
         self.state = OPEN
         self._failing.clear()
         self._probe_at = now + (retry_after if retry_after is not None else self._wait)
@@ -150,3 +155,9 @@ class Breaker:
     def outage(self) -> float:
         """Return the seconds since the current (or last) outage began."""
         return self.clock() - self._outage_started
+
+    def down_seconds(self) -> float:
+        """Return the seconds spent open or half-open so far, the current outage included."""
+        with self._lock:
+            current = self.outage() if self.state != CLOSED else 0.0
+            return self._past_outages + current

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,12 +16,16 @@ from urllib.request import getproxies, proxy_bypass
 import urllib3
 
 from widgets.messages import OK, REJECTED, RETRY
+from widgets.observer import Observer
 from widgets.sqs import MAX_VISIBILITY
 
 # How a call that must be retried failed, which tells the breaker whose fault it is likely to be.
 UNREACHABLE = "unreachable"  # no connection at all: the maker is down, whatever the request
 OVERLOADED = "overloaded"  # 429 or 503: the maker says itself that it cannot take requests now
 FAILING = "failing"  # another 5xx, a timeout, 401/403/408: this request, or the maker; one call cannot tell
+# Why a call got no HTTP answer, for the metrics (UNREACHABLE too).
+TIMEOUT = "timeout"
+ERROR = "error"
 
 OVERLOADED_STATUS_CODES = {429, 503}
 # Answers under 500 that say "not now" rather than "never": the request is retried. 401 and 403
@@ -85,9 +90,20 @@ def make_pool(workers: int, maker_url: str) -> urllib3.PoolManager:
 class MakerClient:
     """POSTs widget requests to the maker and says whether it is up, over one keep-alive pool."""
 
-    def __init__(self, *, url: str, timeout: float, workers: int, token: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        url: str,
+        timeout: float,
+        workers: int,
+        token: str | None = None,
+        observer: Observer | None = None,
+    ) -> None:
         """Prepare a client for the maker's add URL; its health URL is /healthz on the same host."""
         self.url = url
+        self.observer = observer or Observer()
+        self.in_flight = 0  # calls under way
+        self._in_flight_lock = threading.Lock()
         self.timeout = timeout
         parsed = urlparse(url)
         self.health_url = f"{parsed.scheme}://{parsed.netloc}/healthz"
@@ -97,7 +113,20 @@ class MakerClient:
             self.headers["Authorization"] = f"Bearer {token}"
 
     def create(self, widget_id: str, request_id: str) -> MakerAnswer:
-        """POST one request (its id as the idempotency key) and classify the answer."""
+        """POST one request (its id as the idempotency key), classify the answer, and report the call."""
+        with self._in_flight_lock:
+            self.in_flight += 1
+        started = time.perf_counter()
+        try:
+            answer, no_answer = self._post(widget_id, request_id)
+        finally:
+            with self._in_flight_lock:
+                self.in_flight -= 1
+        self.observer.maker_call(answer.code, no_answer, time.perf_counter() - started)
+        return answer
+
+    def _post(self, widget_id: str, request_id: str) -> tuple[MakerAnswer, str | None]:
+        """POST one request; return its classified answer and, when there was none, why not."""
         try:
             answer = self.pool.request(
                 "POST",
@@ -107,13 +136,20 @@ class MakerClient:
                 timeout=self.timeout,
             )
         except urllib3.exceptions.ConnectTimeoutError:  # NewConnectionError too: refused, no route
-            return MakerAnswer(RETRY, "maker unreachable", failure=UNREACHABLE)
+            return MakerAnswer(RETRY, "maker unreachable", failure=UNREACHABLE), UNREACHABLE
         except urllib3.exceptions.TimeoutError:
-            return MakerAnswer(RETRY, f"maker did not answer within {self.timeout:g}s", failure=FAILING)
+            reason = f"maker did not answer within {self.timeout:g}s"
+            return MakerAnswer(RETRY, reason, failure=FAILING), TIMEOUT
         except urllib3.exceptions.ProtocolError:  # the connection dropped: the maker went away
-            return MakerAnswer(RETRY, "maker unreachable (connection lost)", failure=UNREACHABLE)
+            reason = "maker unreachable (connection lost)"
+            return MakerAnswer(RETRY, reason, failure=UNREACHABLE), UNREACHABLE
         except urllib3.exceptions.HTTPError as exc:
-            return MakerAnswer(RETRY, f"maker call failed: {type(exc).__name__}", failure=FAILING)
+            return MakerAnswer(RETRY, f"maker call failed: {type(exc).__name__}", failure=FAILING), ERROR
+        return self.classify(answer), None
+
+    @staticmethod
+    def classify(answer: urllib3.BaseHTTPResponse) -> MakerAnswer:
+        """Turn the maker's HTTP answer into OK, REJECTED or RETRY."""
         code = answer.status
         if 200 <= code < 300:
             try:

@@ -16,6 +16,7 @@ from widgets.breaker import OPEN, Breaker
 from widgets.dispatcher import Dispatcher
 from widgets.heartbeat import Heartbeat
 from widgets.messages import Received
+from widgets.observer import Observer
 from widgets.sqs import SQS_ERRORS, OutageLog, SQSClient, is_fifo
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class Receiver:
         visibility_timeout: int,
         stopping: threading.Event,
         threads: int = 1,
+        observer: Observer | None = None,
     ) -> None:
         """Prepare the receiver; start() runs it until stopping is set."""
         self.sqs = sqs
@@ -64,13 +66,14 @@ class Receiver:
         self.wait_time = wait_time
         self.visibility_timeout = visibility_timeout
         self.stopping = stopping
+        self.observer = observer or Observer()
         # A FIFO queue's messages carry their group, which the dispatcher keeps in order. Asked
         # for only there: on a standard (fair) queue a group orders nothing.
         self.system_attributes: list[MessageSystemAttributeNameType] = ["ApproximateReceiveCount"]
         if is_fifo(url):
             self.system_attributes.append("MessageGroupId")
         self.receives = 0
-        self.last_receive = time.monotonic()
+        self.last_receive = self.last_attempt = time.monotonic()
         self._outage = OutageLog(sqs, "receiving requests")
         self._probing = threading.Lock()
         self._threads = [
@@ -86,6 +89,10 @@ class Receiver:
         """Tell whether every receiving thread runs."""
         return all(thread.is_alive() for thread in self._threads)
 
+    def failing(self) -> str | None:
+        """Return why the last receive failed, or None if it worked."""
+        return self._outage.error
+
     def join(self, timeout: float) -> None:
         """Wait up to timeout for the receives in progress to end."""
         deadline = time.monotonic() + timeout
@@ -95,7 +102,7 @@ class Receiver:
     def receive(self, wanted: int) -> list[Received]:
         """Receive up to wanted requests, long-polling while the queue is empty."""
         # SQS starts the visibility clock before its answer reaches us: count from the call.
-        called_at = time.monotonic()
+        called_at = self.last_attempt = time.monotonic()
         answer = self.sqs.receive_message(
             QueueUrl=self.url,
             MaxNumberOfMessages=wanted,
@@ -106,6 +113,7 @@ class Receiver:
         )
         self.receives += 1
         self.last_receive = time.monotonic()
+        self.observer.received(len(answer.get("Messages", ())))
         return [Received.from_sqs(message, called_at) for message in answer.get("Messages", [])]
 
     def _run(self) -> None:

@@ -7,7 +7,8 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -319,14 +320,16 @@ class OutageLog:
         self.sqs = sqs
         self.what = what
         self.failures = 0
+        self.error: str | None = None  # what the last call's failure means, while they fail
         self._lock = threading.Lock()
 
     def failed(self, error: Exception) -> float:
         """Record a failed call; return how long to back off before the next one."""
         with self._lock:
             self.failures += 1
+            self.error = describe_error(error, self.sqs)
             if self.failures == 1:
-                log.warning("sqs_outage %s: %s; retrying", self.what, describe_error(error, self.sqs))
+                log.warning("sqs_outage %s: %s; retrying", self.what, self.error)
             return float(min(0.5 * 2 ** (self.failures - 1), 10.0))
 
     def recovered(self) -> None:
@@ -335,3 +338,33 @@ class OutageLog:
             if self.failures:
                 log.info("sqs_recovered %s after %d failed calls", self.what, self.failures)
             self.failures = 0
+            self.error = None
+
+
+def watch_calls(
+    client: SQSClient,
+    on_error: Callable[[str, str], None],
+    on_refused: Callable[[str, str, int], None],
+) -> None:
+    """Have on_error(operation, error) hear of every failed call of the client, whoever made it,
+    and on_refused(operation, code, count) of batch entries refused one by one.
+
+    botocore announces each call's end on the client's event system: after its own retries, as
+    "after-call-error" (no answer: the exception) or "after-call" (an answer, maybe an error one).
+    """
+
+    def after_error(exception: Exception, event_name: str, **_: Any) -> None:
+        on_error(event_name.rsplit(".", 1)[-1], type(exception).__name__)
+
+    def after_call(http_response: Any, parsed: dict[str, Any], model: Any, context: Any, **_: Any) -> None:
+        if http_response.status_code >= 300:
+            error = context.get("error_code_override") or parsed.get("Error", {}).get("Code") or "unknown"
+            on_error(model.name, str(error))
+            return
+        refused = parsed.get("Failed")
+        if refused:
+            for code, count in Counter(str(entry.get("Code", "unknown")) for entry in refused).items():
+                on_refused(model.name, code, count)
+
+    client.meta.events.register("after-call-error.sqs", after_error)
+    client.meta.events.register("after-call.sqs", after_call)

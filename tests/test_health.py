@@ -1,0 +1,106 @@
+"""The consumer's health verdict, and the endpoint serving it with the metrics over HTTP."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+import requests
+
+from widgets.endpoint import Endpoint
+from widgets.health import STUCK_MARGIN, Health, ReceiverState, check
+
+WAIT_TIME = 20.0
+
+
+def receiver(**changes: Any) -> ReceiverState:
+    """Return a receiver whose last receive, started at 90 and answered at 100, worked; with changes."""
+    values: dict[str, Any] = {
+        "alive": True,
+        "stopping": False,
+        "failing": None,
+        "last_attempt": 90.0,
+        "last_receive": 100.0,
+    }
+    return ReceiverState(**{**values, **changes})
+
+
+@pytest.mark.parametrize(
+    ("state", "now", "status", "reason"),
+    [
+        (receiver(), 101.0, 200, None),
+        # Waiting for a free worker for minutes: the workers are busy, not stuck.
+        (receiver(), 400.0, 200, None),
+        # A long poll under way, within --wait-time and the margin.
+        (receiver(last_attempt=101.0), 101.0 + WAIT_TIME + STUCK_MARGIN - 1, 200, None),
+        (
+            receiver(last_attempt=101.0),
+            101.0 + WAIT_TIME + STUCK_MARGIN + 1,
+            503,
+            "a receive has not returned for 51s (long poll 20s)",
+        ),
+        (
+            receiver(last_attempt=103.0, failing="cannot reach SQS at http://127.0.0.1:9324"),
+            104.0,
+            503,
+            "receives fail: cannot reach SQS at http://127.0.0.1:9324",
+        ),
+        (receiver(alive=False), 101.0, 503, "a receiver thread has died"),
+        (receiver(alive=False, stopping=True), 101.0, 503, "the consumer is stopping"),
+    ],
+)
+def test_verdicts(state: ReceiverState, now: float, status: int, reason: str | None) -> None:
+    health = check(state, "closed", outage=0.0, now=now, wait_time=WAIT_TIME)
+    assert health.status == status
+    assert health.body.get("reason") == reason
+    assert health.body["status"] == ("ok" if status == 200 else "unhealthy")
+    assert health.body["last_receive_seconds_ago"] == round(now - 100.0, 1)
+    assert health.body["breaker"] == "closed"
+
+
+@pytest.mark.parametrize("state", ["open", "half-open"])
+def test_a_maker_outage_is_healthy_and_says_so(state: str) -> None:
+    health = check(receiver(), state, outage=42.04, now=300.0, wait_time=WAIT_TIME)
+    assert health == Health(
+        200,
+        {"status": "ok", "last_receive_seconds_ago": 200.0, "breaker": state, "maker_outage_seconds": 42.0},
+    )
+
+
+@pytest.fixture
+def endpoint() -> Any:
+    """An endpoint on a free port of 127.0.0.1, serving fixed metrics and an unhealthy verdict."""
+    served = Endpoint(host="127.0.0.1", port=0)
+    asked: list[str | None] = []
+
+    def metrics(accept: str | None) -> tuple[bytes, str]:
+        asked.append(accept)
+        return b"widget_consumer_outbox_backlog 3.0\n", "text/plain; version=0.0.4; charset=utf-8"
+
+    served.start(metrics=metrics, health=lambda: Health(503, {"status": "unhealthy", "reason": "test"}))
+    yield served, asked
+    served.stop()
+
+
+def test_endpoint_serves_metrics_and_health(endpoint: Any) -> None:
+    served, asked = endpoint
+    assert served.url == f"http://127.0.0.1:{served.port}"
+    answer = requests.get(f"{served.url}/metrics", headers={"Accept": "text/plain"}, timeout=5)
+    assert (answer.status_code, answer.text) == (200, "widget_consumer_outbox_backlog 3.0\n")
+    assert answer.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert asked == ["text/plain"]
+    health = requests.get(f"{served.url}/healthz?verbose=1", timeout=5)
+    assert (health.status_code, health.json()) == (503, {"status": "unhealthy", "reason": "test"})
+    assert health.headers["Content-Type"] == "application/json"
+    assert requests.get(f"{served.url}/", timeout=5).status_code == 404
+
+
+def test_endpoint_refuses_a_port_in_use_and_frees_its_own() -> None:
+    first = Endpoint(host="127.0.0.1", port=0)
+    with pytest.raises(OSError):
+        Endpoint(host="127.0.0.1", port=first.port)
+    first.start(metrics=lambda accept: (b"", "text/plain"), health=lambda: Health(200, {}))
+    first.stop()
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", first.port))
