@@ -23,7 +23,7 @@ import boto3
 from devtools.stack import (
     PYTHON,
     Process,
-    local_sqs_kind,
+    chosen_sqs_kind,
     local_sqs_version,
     run_script,
     start_consumer,
@@ -127,10 +127,8 @@ def show_fifo_order(client: SQSClient, sent: dict[str, list[str]]) -> bool:
 
 def main() -> int:
     """Run the tour; return 0 when every step showed what it should."""
-    try:
-        kind = local_sqs_kind()
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    kind = chosen_sqs_kind()
+    if kind is None:
         return 2
     outcomes: Counter[str] = Counter()
     started = time.monotonic()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
-from types import FrameType
 
-from devtools.stack import LOCAL_SQS_ENV, local_sqs_kind, local_sqs_version, port_in_use, start_sqs
+from devtools.stack import (
+    LOCAL_SQS_ENV,
+    chosen_sqs_kind,
+    local_sqs_version,
+    port_in_use,
+    start_sqs,
+    stop_on_signals,
+)
 
 SQS_PORT = 9324
 
@@ -20,10 +24,8 @@ def echo(name: str, line: str) -> None:
 
 def main() -> int:
     """Run the local SQS in the foreground; stop it on Ctrl-C or SIGTERM."""
-    try:
-        kind = local_sqs_kind()
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    kind = chosen_sqs_kind()
+    if kind is None:
         return 2
     if port_in_use(SQS_PORT):
         print(
@@ -31,13 +33,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = stop_on_signals()
     process, endpoint = start_sqs(SQS_PORT, echo=echo, kind=kind)
     try:
         print(

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import re
-import signal
 import sys
 import threading
-from types import FrameType
 
 from devtools.stack import (
     Process,
-    local_sqs_kind,
+    chosen_sqs_kind,
     port_in_use,
     start_consumer,
     start_maker,
     start_sqs,
+    stop_on_signals,
 )
 from widgets.sqs import LOCAL_ENDPOINT
 
@@ -37,10 +36,8 @@ def echo(name: str, line: str) -> None:
 
 def main() -> int:
     """Run all three until Ctrl-C or SIGTERM, then stop them in reverse order."""
-    try:
-        kind = local_sqs_kind()
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    kind = chosen_sqs_kind()
+    if kind is None:
         return 2
     for port, what in ((SQS_PORT, "the local SQS"), (MAKER_PORT, "the maker")):
         if port_in_use(port):
@@ -49,13 +46,7 @@ def main() -> int:
                 file=sys.stderr,
             )
             return 1
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = stop_on_signals()
     processes: list[Process] = []
     try:
         processes.append(start_sqs(SQS_PORT, echo=echo, kind=kind)[0])

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from pathlib import Path
+from types import FrameType
 
 import requests
 
@@ -277,3 +278,24 @@ def run_script(
         text=True,
         timeout=timeout,
     )
+
+
+def stop_on_signals() -> threading.Event:
+    """Return an event that the first SIGINT or SIGTERM sets (for a foreground tool's main loop)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return stop
+
+
+def chosen_sqs_kind() -> str | None:
+    """Return the local SQS to start, or None after saying in one line why the choice is wrong."""
+    try:
+        return local_sqs_kind()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
