@@ -50,15 +50,13 @@ from widgets.messages import (
 from widgets.outbox import Outbox
 from widgets.rate_limit import RateLimiter
 from widgets.sqs import (
-    FIFO_REDRIVE_MARGIN,
     MAX_VISIBILITY,
-    REDRIVE_MARGIN,
     SQS_ERRORS,
     QueueUrls,
     SQSClient,
     describe_error,
     fifo_fields,
-    is_fifo,
+    redrive_margin,
 )
 
 log = logging.getLogger(__name__)
@@ -107,7 +105,7 @@ class RetryPolicy:
     @property
     def redrive_limit(self) -> int:
         """Return the maxReceiveCount of the request queue's redrive policy."""
-        return self.max_receives + (FIFO_REDRIVE_MARGIN if self.fifo else REDRIVE_MARGIN)
+        return self.max_receives + redrive_margin(self.fifo)
 
     @property
     def requeue_at(self) -> int:
@@ -159,7 +157,7 @@ class Handler:
         self.limiter = limiter
         self.policy = policy
         self.stopping = stopping
-        self.fifo = is_fifo(urls.request)
+        self.fifo = policy.fifo
         self.counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
         # FIFO only: message id -> deliveries that were not the request's own failure.

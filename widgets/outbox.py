@@ -37,11 +37,7 @@ CALLS_IN_FLIGHT = 4
 
 
 class Outbox:
-    """Batches the consumer's writes to SQS: responses, then deletes, and visibility changes.
-
-    A request is deleted only after its response was sent, so a crash in between repeats
-    the request (which the maker absorbs) instead of losing its response.
-    """
+    """Batches the consumer's writes to SQS in a thread of its own (see the module's docstring)."""
 
     def __init__(self, sqs: SQSClient, urls: QueueUrls, flush_interval: float) -> None:
         """Prepare an empty outbox; start() runs its flusher thread."""
@@ -133,8 +129,8 @@ class Outbox:
 
         The batch calls go out together (each costs a network round trip on Amazon SQS), and
         each kind is tried even when another failed, so an outage of one call does not hold up
-        the others (hand-backs especially); a request's delete still waits for its response,
-        which is sent in an earlier flush.
+        the others (hand-backs especially); a request's delete still waits for its response:
+        the deletes that the responses just sent unlock go in a second round.
         """
         self._refused = False
         errors = self._round(("_responses", "_deletes", "_visibility"))

@@ -114,9 +114,9 @@ def check_dead_letter_queue(request: str, dead_letter: str) -> None:
     )
 
 
-def redrive_margin(request: str) -> int:
-    """Return how many deliveries beyond --max-receives SQS's redrive policy allows on a request queue."""
-    return FIFO_REDRIVE_MARGIN if is_fifo(request) else REDRIVE_MARGIN
+def redrive_margin(fifo: bool) -> int:
+    """Return how many deliveries beyond --max-receives SQS's redrive policy allows (FIFO or standard)."""
+    return FIFO_REDRIVE_MARGIN if fifo else REDRIVE_MARGIN
 
 
 def check_fifo_id(value: str, option: str) -> str:
@@ -277,7 +277,7 @@ def ensure_queues(
         request_url = create_queue(client, request)
         redrive = {
             "deadLetterTargetArn": dead_letter_arn,
-            "maxReceiveCount": str(max_receives + redrive_margin(request)),
+            "maxReceiveCount": str(max_receives + redrive_margin(is_fifo(request))),
         }
         client.set_queue_attributes(QueueUrl=request_url, Attributes={"RedrivePolicy": json.dumps(redrive)})
         response_url = create_queue(client, response)
