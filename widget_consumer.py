@@ -119,7 +119,6 @@ class Consumer:
         self.maker = MakerClient(
             url=settings.maker_url,
             timeout=settings.http_timeout,
-            workers=settings.workers,
             token=settings.token,
             observer=self.observer,
         )

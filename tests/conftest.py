@@ -114,6 +114,10 @@ class ScriptedMaker:
         self.delay = 0.0
         self.headers: dict[str, str] = {}
         self.requests: list[dict[str, Any]] = []
+        # HTTP/1.1 keeps connections open, as the real maker (waitress) does; HTTP/1.0 closes each.
+        self.keep_alive = False
+        # Close the connection after each answer without saying so, as a server's idle timeout does.
+        self.drop_after_answer = False
         # Set when the test ends: a delayed answer is then dropped, not written minutes later into
         # another test's captured stderr (as a BrokenPipe traceback from the server thread).
         self.stopped = threading.Event()
@@ -125,10 +129,20 @@ def scripted_maker() -> Iterator[tuple[ScriptedMaker, str]]:
     script = ScriptedMaker()
 
     class Handler(BaseHTTPRequestHandler):
+        def setup(self) -> None:
+            super().setup()
+            self.protocol_version = "HTTP/1.1" if script.keep_alive else "HTTP/1.0"
+
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             script.requests.append(
-                {"body": self.rfile.read(length), "headers": dict(self.headers), "at": time.monotonic()}
+                {
+                    "body": self.rfile.read(length),
+                    "headers": dict(self.headers),
+                    "at": time.monotonic(),
+                    "path": self.path,
+                    "client": self.client_address,
+                }
             )
             if script.stopped.wait(script.delay):
                 return
@@ -141,6 +155,7 @@ def scripted_maker() -> Iterator[tuple[ScriptedMaker, str]]:
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
+                self.close_connection = self.close_connection or script.drop_after_answer
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the consumer stopped waiting (its HTTP timeout), as some tests make it
 

@@ -16,7 +16,7 @@ from tests.conftest import ScriptedMaker
 from widget_consumer import Consumer, Settings
 from widget_producer import send_requests
 from widgets.handling import RetryPolicy
-from widgets.maker_client import MakerClient, make_pool
+from widgets.maker_client import MakerClient
 from widgets.messages import FAILED, OK, REJECTED, RETRY, Received, request_body
 from widgets.outbox import Outbox
 from widgets.sqs import QueueUrls
@@ -418,11 +418,6 @@ def test_consumer_rides_out_an_sqs_outage(
     outage_lines = [r for r in caplog.records if "sqs_outage" in r.getMessage()]
     assert len(outage_lines) == 1  # once per outage, not once per failed call
     assert any("sqs_recovered" in r.getMessage() for r in caplog.records)
-
-
-def test_the_maker_pool_is_sized_to_the_workers() -> None:
-    pool = make_pool(7, "http://127.0.0.1/add")
-    assert pool.connection_pool_kw["maxsize"] == 7
 
 
 def test_json_log_lines_carry_the_fields(

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import ssl
 import threading
 import time
+from base64 import b64encode
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlsplit
 from urllib.request import getproxies, proxy_bypass
-
-import urllib3
 
 from widgets.messages import OK, REJECTED, RETRY
 from widgets.observer import Observer
@@ -28,10 +29,10 @@ TIMEOUT = "timeout"
 ERROR = "error"
 
 OVERLOADED_STATUS_CODES = {429, 503}
-# Answers under 500 that say "not now" rather than "never": the request is retried. 401 and 403
-# are here too: a wrong token is the consumer's fault, not the request's, and rejecting every
-# request until someone fixes it would discard them all.
-RETRY_STATUS_CODES = {401, 403, 408, 429}
+# Answers under 500 that say "not now" rather than "never": the request is retried. 401, 403 and
+# 407 are here too: a wrong token (or proxy password) is the consumer's fault, not the request's,
+# and rejecting every request until someone fixes it would discard them all.
+RETRY_STATUS_CODES = {401, 403, 407, 408, 429}
 # How long the start-up check and the breaker's probes wait for GET /healthz.
 PROBE_TIMEOUT = 2.0
 
@@ -72,30 +73,79 @@ def maker_error(status: int, body: bytes) -> str:
     return f"maker answered {status}" + (f": {detail}" if detail else "")
 
 
-def make_pool(workers: int, maker_url: str) -> urllib3.PoolManager:
-    """Return a pool keeping up to one connection per worker alive to the maker.
+class Connections:
+    """Opens keep-alive HTTP connections to the maker, one per thread, directly or through a proxy.
 
-    urllib3 directly, not requests: requests spends more CPU around each call than the call
-    itself (a third of the consumer's CPU per message, profiled), and the consumer needs none
-    of what it adds. Proxy and CA settings are read from the environment once, as requests would.
+    http.client, not urllib3 or requests: a call through urllib3's pool cost the consumer twice
+    the CPU of the same call on http.client (0.6 vs 0.3 ms, measured alone), and a worker that
+    keeps a connection of its own needs no pool. Proxy and CA settings are read from the
+    environment once, as requests would: HTTP(S)_PROXY and NO_PROXY, REQUESTS_CA_BUNDLE or
+    CURL_CA_BUNDLE.
     """
-    parsed = urlparse(maker_url)
-    proxy = None if proxy_bypass(parsed.hostname or "") else getproxies().get(parsed.scheme)
-    ca_certs = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    # retries=False: retrying is the queue's job, with its visibility timeout.
-    options: dict[str, Any] = {"num_pools": 1, "maxsize": workers, "retries": False, "ca_certs": ca_certs}
-    return urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+
+    def __init__(self, url: str, timeout: float) -> None:
+        """Prepare connections to url's host; timeout applies to connecting and to each read."""
+        parsed = urlsplit(url)
+        self.host = parsed.hostname or ""
+        self.https = parsed.scheme == "https"
+        self.port = parsed.port or (443 if self.https else 80)
+        self.timeout = timeout
+        ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        self.tls = ssl.create_default_context(cafile=ca_bundle) if self.https else None
+        proxy = None if proxy_bypass(self.host) else getproxies().get(parsed.scheme)
+        self.proxy = urlsplit(proxy) if proxy else None
+        # Through a proxy, plain HTTP asks it for the whole URL; HTTPS tunnels through it (CONNECT).
+        self.proxy_headers: dict[str, str] = {}
+        if self.proxy and self.proxy.username:
+            credentials = f"{unquote(self.proxy.username)}:{unquote(self.proxy.password or '')}"
+            self.proxy_headers["Proxy-Authorization"] = "Basic " + b64encode(credentials.encode()).decode()
+        self._local = threading.local()
+
+    def target(self, url: str) -> str:
+        """Return what goes on the request line for url: its path, or all of it to a plain HTTP proxy."""
+        if self.proxy and not self.https:
+            return url
+        parsed = urlsplit(url)
+        return (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
+
+    def headers(self) -> dict[str, str]:
+        """Return the headers every request needs for the proxy (none without one, or through a tunnel)."""
+        return self.proxy_headers if self.proxy and not self.https else {}
+
+    def mine(self) -> http.client.HTTPConnection:
+        """Return this thread's connection (not yet connected the first time)."""
+        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = self._new()
+        return connection
+
+    def _new(self) -> http.client.HTTPConnection:
+        """Return a new, unconnected connection to the maker or to the proxy in front of it."""
+        host, port = self.host, self.port
+        if self.proxy:
+            host, port = self.proxy.hostname or "", self.proxy.port or 80
+        connection: http.client.HTTPConnection
+        if self.https:
+            connection = http.client.HTTPSConnection(host, port, timeout=self.timeout, context=self.tls)
+            if self.proxy:
+                connection.set_tunnel(self.host, self.port, headers=self.proxy_headers)
+        else:
+            connection = http.client.HTTPConnection(host, port, timeout=self.timeout)
+        return connection
+
+
+class NoConnection(Exception):
+    """The maker could not be connected to at all."""
 
 
 class MakerClient:
-    """POSTs widget requests to the maker and says whether it is up, over one keep-alive pool."""
+    """POSTs widget requests to the maker and says whether it is up, each thread on its own connection."""
 
     def __init__(
         self,
         *,
         url: str,
         timeout: float,
-        workers: int,
         token: str | None = None,
         observer: Observer | None = None,
     ) -> None:
@@ -105,10 +155,13 @@ class MakerClient:
         self.in_flight = 0  # calls under way
         self._in_flight_lock = threading.Lock()
         self.timeout = timeout
-        parsed = urlparse(url)
+        parsed = urlsplit(url)
         self.health_url = f"{parsed.scheme}://{parsed.netloc}/healthz"
-        self.pool = make_pool(workers, url)
-        self.headers = {"Content-Type": "application/json"}
+        self.connections = Connections(url, timeout)
+        # What goes on the request line, worked out once: this runs for every message.
+        self.add_target = self.connections.target(url)
+        self.health_target = self.connections.target(self.health_url)
+        self.headers = {"Content-Type": "application/json", **self.connections.headers()}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
 
@@ -127,39 +180,79 @@ class MakerClient:
 
     def _post(self, widget_id: str, request_id: str) -> tuple[MakerAnswer, str | None]:
         """POST one request; return its classified answer and, when there was none, why not."""
+        body = json.dumps({"widget_id": widget_id}).encode()
         try:
-            answer = self.pool.request(
-                "POST",
-                self.url,
-                body=json.dumps({"widget_id": widget_id}).encode(),
-                headers={**self.headers, "Idempotency-Key": request_id},
-                timeout=self.timeout,
+            code, headers, data = self.call(
+                "POST", self.add_target, body, {**self.headers, "Idempotency-Key": request_id}, self.timeout
             )
-        except urllib3.exceptions.ConnectTimeoutError:  # NewConnectionError too: refused, no route
+        except NoConnection:  # refused, no route, no name, connect timeout, TLS refused
             return MakerAnswer(RETRY, "maker unreachable", failure=UNREACHABLE), UNREACHABLE
-        except urllib3.exceptions.TimeoutError:
+        except TimeoutError:
             reason = f"maker did not answer within {self.timeout:g}s"
             return MakerAnswer(RETRY, reason, failure=FAILING), TIMEOUT
-        except urllib3.exceptions.ProtocolError:  # the connection dropped: the maker went away
+        except ConnectionError:  # the connection dropped: the maker went away
             reason = "maker unreachable (connection lost)"
             return MakerAnswer(RETRY, reason, failure=UNREACHABLE), UNREACHABLE
-        except urllib3.exceptions.HTTPError as exc:
+        except (http.client.HTTPException, OSError) as exc:
             return MakerAnswer(RETRY, f"maker call failed: {type(exc).__name__}", failure=FAILING), ERROR
-        return self.classify(answer), None
+        return self.classify(code, headers, data), None
+
+    def call(
+        self, method: str, target: str, body: bytes | None, headers: dict[str, str], timeout: float
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """Make one HTTP call on this thread's connection, each step within timeout; return its answer.
+
+        A kept-alive connection the maker closed meanwhile (after its idle timeout, or a restart)
+        fails as soon as it is used; that call is made once more on a new connection. Safe for the
+        POST too: it carries an Idempotency-Key, which the maker honours (Go's net/http retries on
+        the same grounds).
+        """
+        connection = self.connections.mine()
+        connection.timeout = timeout
+        reused = connection.sock is not None
+        try:
+            return self._exchange(connection, method, target, body, headers)
+        except ConnectionError:
+            if not reused:
+                raise
+        return self._exchange(connection, method, target, body, headers)
+
+    def _exchange(
+        self,
+        connection: http.client.HTTPConnection,
+        method: str,
+        target: str,
+        body: bytes | None,
+        headers: dict[str, str],
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """Send one request and read its whole answer; close the connection if anything went wrong."""
+        try:
+            if connection.sock is None:
+                try:
+                    connection.connect()
+                except OSError as exc:
+                    raise NoConnection(str(exc)) from exc
+            else:
+                connection.sock.settimeout(connection.timeout)
+            connection.request(method, target, body, headers)
+            response = connection.getresponse()
+            return response.status, response.headers, response.read()
+        except BaseException:
+            connection.close()  # its state is unknown now: the next call starts afresh
+            raise
 
     @staticmethod
-    def classify(answer: urllib3.BaseHTTPResponse) -> MakerAnswer:
+    def classify(code: int, headers: http.client.HTTPMessage, data: bytes) -> MakerAnswer:
         """Turn the maker's HTTP answer into OK, REJECTED or RETRY."""
-        code = answer.status
         if 200 <= code < 300:
             try:
-                widget = json.loads(answer.data)
+                widget = json.loads(data)
             except (ValueError, RecursionError):
                 widget = None
             return MakerAnswer(OK, widget=widget if isinstance(widget, dict) else None, code=code)
-        reason = maker_error(code, answer.data)
+        reason = maker_error(code, data)
         if code in OVERLOADED_STATUS_CODES:
-            retry_after = parse_retry_after(answer.headers.get("Retry-After"))
+            retry_after = parse_retry_after(headers.get("Retry-After"))
             return MakerAnswer(RETRY, reason, None, OVERLOADED, retry_after, code)
         if code >= 500 or code in RETRY_STATUS_CODES:
             return MakerAnswer(RETRY, reason, failure=FAILING, code=code)
@@ -168,7 +261,9 @@ class MakerClient:
     def healthy(self) -> bool:
         """Tell whether the maker answers GET /healthz with a 2xx."""
         try:
-            answer = self.pool.request("GET", self.health_url, timeout=min(self.timeout, PROBE_TIMEOUT))
-        except urllib3.exceptions.HTTPError:
+            code, _, _ = self.call(
+                "GET", self.health_target, None, self.connections.headers(), min(self.timeout, PROBE_TIMEOUT)
+            )
+        except (NoConnection, http.client.HTTPException, OSError):
             return False
-        return 200 <= answer.status < 300
+        return 200 <= code < 300
