@@ -311,6 +311,65 @@ def test_outbox_keeps_what_sqs_refused(sqs: Any, queues: QueueUrls, monkeypatch:
     assert len(all_bodies(sqs, queues.response)) == 3
 
 
+def received(sqs: Any, url: str, count: int) -> list[Received]:
+    """Send count requests and receive them all (ten per receive at most)."""
+    send_requests(sqs, url, [str(uuid.uuid4()) for _ in range(count)])
+    messages: list[Received] = []
+    while len(messages) < count:
+        answer = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=30)
+        messages += map(Received.from_sqs, answer.get("Messages", []))
+    return messages
+
+
+def batch_calls(sqs: Any) -> list[tuple[str, int, float]]:
+    """Record each batch write the client makes: (operation, entries, when)."""
+    calls: list[tuple[str, int, float]] = []
+
+    def record(params: dict[str, Any], model: Any, **kwargs: Any) -> None:
+        if model.name.endswith("Batch"):
+            calls.append((model.name, len(params["Entries"]), time.monotonic()))
+
+    sqs.meta.events.register("provide-client-params.sqs", record)
+    return calls
+
+
+def test_a_flush_for_a_full_batch_leaves_the_rest_until_its_interval(sqs: Any, queues: QueueUrls) -> None:
+    outbox = Outbox(sqs, queues, flush_interval=0.5)
+    for message in received(sqs, queues.request, 13):
+        outbox.respond_and_delete(message, "{}")
+    calls = batch_calls(sqs)
+    started = time.monotonic()
+    outbox.start()
+    run_until(lambda: outbox.pending() == 0, timeout=5)
+    outbox.close(1)
+    assert [(name, size) for name, size, _ in calls] == [
+        ("SendMessageBatch", 10),
+        ("DeleteMessageBatch", 10),
+        ("SendMessageBatch", 3),
+        ("DeleteMessageBatch", 3),
+    ]
+    assert calls[1][2] - started < 0.4 <= calls[2][2] - started  # the full batch at once, the rest later
+    assert depth(sqs, queues.request) == (0, 0)
+
+
+def test_full_batches_do_not_hold_back_a_part_filled_one(sqs: Any, queues: QueueUrls) -> None:
+    messages = received(sqs, queues.request, 13)
+    outbox = Outbox(sqs, queues, flush_interval=0.3)
+    calls = batch_calls(sqs)
+    outbox.start()
+    for message in messages[10:]:
+        outbox.change_visibility(message, 0)  # three hand-backs, never a full batch
+    started = time.monotonic()
+    while time.monotonic() - started < 1.5:  # full batches of responses, steadily
+        for message in messages[:10]:
+            outbox.respond_and_delete(message, "{}")
+        time.sleep(0.05)
+    outbox.close(2)
+    [changed_at] = [at for name, _, at in calls if name == "ChangeMessageVisibilityBatch"]
+    assert changed_at - started < 1.0  # within about its interval, not after the stream
+    assert any(name == "SendMessageBatch" and at > changed_at for name, _, at in calls)
+
+
 def test_outbox_deletes_nothing_whose_response_was_not_sent(
     sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -102,40 +102,48 @@ class Outbox:
 
     def _run(self) -> None:
         """Flush whenever a batch is full or the oldest write has waited the flush interval."""
+        deadline: float | None = None  # when the oldest write waiting must go
         while True:
             with self._changed:
                 while not self.pending() and not self._closing:
                     self._changed.wait()
                 if not self.pending():
                     return
-                deadline = time.monotonic() + self.flush_interval
+                if deadline is None:
+                    deadline = time.monotonic() + self.flush_interval
                 while not self._full() and not self._closing:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     self._changed.wait(remaining)
+                # Woken early by a full batch: whole batches only, the rest keeps its deadline
+                # (else each full batch was followed at once by a call for the one or two behind it).
+                whole_batches = not self._closing and time.monotonic() < deadline
             try:
-                backoff = self.flush()
+                backoff = self.flush(whole_batches)
             except Exception:
                 log.exception("outbox_error; retrying")
                 backoff = 1.0
+            if not whole_batches:
+                deadline = None
             if backoff:
                 with self._changed:
                     # close() cuts the back-off short, to flush what it can before exit.
                     self._changed.wait(backoff)
 
-    def flush(self) -> float:
+    def flush(self, whole_batches: bool = False) -> float:
         """Make every queued write once, keeping what failed; return how long to back off (0: all went).
 
-        The batch calls go out together (each costs a network round trip on Amazon SQS), and
-        each kind is tried even when another failed, so an outage of one call does not hold up
-        the others (hand-backs especially); a request's delete still waits for its response:
-        the deletes that the responses just sent unlock go in a second round.
+        whole_batches leaves a last part-filled batch of each kind for a later flush. The batch
+        calls go out together (each costs a network round trip on Amazon SQS), and each kind is
+        tried even when another failed, so an outage of one call does not hold up the others
+        (hand-backs especially); a request's delete still waits for its response: the deletes
+        that the responses just sent unlock go in a second round.
         """
         self._refused = False
-        errors = self._round(("_responses", "_deletes", "_visibility"))
+        errors = self._round(("_responses", "_deletes", "_visibility"), whole_batches)
         # The deletes of the requests whose responses just went.
-        errors += self._round(("_deletes",))
+        errors += self._round(("_deletes",), whole_batches)
         error = next((e for e in errors if e is not None), None)
         if error is not None:
             return self._outage.failed(error)
@@ -143,14 +151,19 @@ class Outbox:
         # Entries refused one by one (throttling, internal errors) are retried after a pause.
         return PARTIAL_FAILURE_PAUSE if self._refused else 0.0
 
-    def _round(self, backlogs: tuple[str, ...]) -> list[Exception | None]:
-        """Make the batch calls for everything on the given backlogs, all at once; return their errors."""
+    def _round(self, backlogs: tuple[str, ...], whole_batches: bool) -> list[Exception | None]:
+        """Make the batch calls for the given backlogs (whole batches only, if asked); return the errors."""
         calls: list[tuple[str, Callable[[list[Any]], None], list[Any]]] = []
         for backlog in backlogs:
             with self._changed:
-                items = getattr(self, backlog)
-                setattr(self, backlog, type(items)())
-                items = list(items.values()) if isinstance(items, dict) else items
+                kept = getattr(self, backlog)
+                items = list(kept.values()) if isinstance(kept, dict) else kept
+                taken = len(items) - len(items) % MAX_BATCH if whole_batches else len(items)
+                items, rest = items[:taken], items[taken:]
+                if isinstance(kept, dict):
+                    setattr(self, backlog, {entry[0].receipt_handle: entry for entry in rest})
+                else:
+                    setattr(self, backlog, rest)
             calls.extend((backlog, self._callers[backlog], chunk) for chunk in batches(items))
         if len(calls) <= 1:
             return [self._make(*task) for task in calls]
