@@ -72,7 +72,8 @@ class Receiver:
         self.system_attributes: list[MessageSystemAttributeNameType] = ["ApproximateReceiveCount"]
         if is_fifo(url):
             self.system_attributes.append("MessageGroupId")
-        self.receives = 0
+        self.receives = 0  # receives that worked, counted under a lock: three threads add to it
+        self._receives_lock = threading.Lock()
         self.last_receive = self.last_attempt = time.monotonic()
         self._outage = OutageLog(sqs, "receiving requests")
         self._probing = threading.Lock()
@@ -111,7 +112,8 @@ class Receiver:
             MessageSystemAttributeNames=self.system_attributes,
             MessageAttributeNames=["All"],
         )
-        self.receives += 1
+        with self._receives_lock:
+            self.receives += 1
         self.last_receive = time.monotonic()
         self.observer.received(len(answer.get("Messages", ())))
         return [Received.from_sqs(message, called_at) for message in answer.get("Messages", [])]
