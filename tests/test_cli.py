@@ -256,5 +256,5 @@ def test_producer_keeps_what_was_sent_before_a_call_failed(
     assert len(result.sent) == 9
     assert [w for w, _ in result.failed] == ["w9"]
     assert result.error is not None
-    monkeypatch.undo()
+    monkeypatch.setattr(sqs, "send_message_batch", real)
     assert len(bodies(sqs, queues.request)) == 9

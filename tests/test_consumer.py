@@ -381,11 +381,12 @@ def test_outbox_deletes_nothing_whose_response_was_not_sent(
     def unreachable(**kwargs: Any) -> Any:
         raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
 
+    real_send = sqs.send_message_batch
     monkeypatch.setattr(sqs, "send_message_batch", unreachable)
     assert outbox.flush() > 0
     assert outbox.flush() > 0
     assert depth(sqs, queues.request) == (0, 1)
-    monkeypatch.undo()
+    monkeypatch.setattr(sqs, "send_message_batch", real_send)
     assert outbox.flush() == 0
     assert depth(sqs, queues.request) == (0, 0)
 
@@ -394,10 +395,11 @@ def test_partial_response_batch_failure_keeps_the_request(
     sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     outbox = outbox_holding_answers(sqs, queues, 2)
-    monkeypatch.setattr(sqs, "send_message_batch", refusing_the_first(sqs.send_message_batch))
+    real_send = sqs.send_message_batch
+    monkeypatch.setattr(sqs, "send_message_batch", refusing_the_first(real_send))
     outbox.flush()
     assert depth(sqs, queues.request) == (0, 1)  # the one without a response is not deleted
-    monkeypatch.undo()
+    monkeypatch.setattr(sqs, "send_message_batch", real_send)
     outbox.flush()
     outbox.flush()
     assert depth(sqs, queues.request) == (0, 0)
@@ -511,12 +513,13 @@ def test_failed_flush_keeps_hand_backs(sqs: Any, queues: QueueUrls, monkeypatch:
     def unreachable(**kwargs: Any) -> Any:
         raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
 
+    real_send = sqs.send_message_batch
     monkeypatch.setattr(sqs, "send_message_batch", unreachable)
     assert outbox.flush() > 0
     # The responses could not go, but the hand-back did: the message is visible at once.
     assert depth(sqs, queues.request) == (1, 1)
     assert outbox.pending() == 1
-    monkeypatch.undo()
+    monkeypatch.setattr(sqs, "send_message_batch", real_send)
     assert outbox.flush() == 0
     assert outbox.pending() == 0
 
