@@ -27,9 +27,10 @@ MAX_BODY_BYTES = 16 * 1024
 # 1, sends the head and the body of every answer separately, from the request thread). While
 # that thread sends, its connection is writable but locked, and waitress's main loop turns on
 # select() until the lock is free, taking the GIL from the very thread it waits for: with 10
-# connections busy, 35 turns per request (1 to 2 ms of CPU) instead of 1.4. With 18000
-# (waitress's default before 2.1), the main loop sends an answer smaller than that (a widget's
-# is about 300 bytes) in one send() once its request is done and the lock is free.
+# connections busy, 35 turns per request (0.5 to 2 ms of CPU, by load) instead of 1.4. With
+# 18000 (the default until waitress deprecated the setting in 2019), the main loop sends an
+# answer smaller than that (a widget's is about 300 bytes) in one send() once its request is
+# done and the lock is free.
 SEND_BYTES = 18000
 
 INDEX_TEMPLATE = """<!doctype html>
