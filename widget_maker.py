@@ -6,6 +6,7 @@ import hmac
 import logging
 import os
 import time
+import warnings
 from typing import Any
 
 import click
@@ -22,6 +23,15 @@ log = logging.getLogger("widget_maker")
 
 # A widget request is about 50 bytes; anything far larger is not one.
 MAX_BODY_BYTES = 16 * 1024
+# waitress sends what a request thread writes at once when this many bytes wait (its default,
+# 1, sends the head and the body of every answer separately, from the request thread). While
+# that thread sends, its connection is writable but locked, and waitress's main loop turns on
+# select() until the lock is free, taking the GIL from the very thread it waits for: with 10
+# connections busy, 35 turns per request (0.5 to 2 ms of CPU, by load) instead of 1.4. With
+# 18000 (the default until waitress deprecated the setting in 2019), the main loop sends an
+# answer smaller than that (a widget's is about 300 bytes) in one send() once its request is
+# done and the lock is free.
+SEND_BYTES = 18000
 
 INDEX_TEMPLATE = """<!doctype html>
 <html lang="en">
@@ -231,7 +241,11 @@ def main(
     configure_logging(log_level, log_format)
     app = create_app({"DATABASE": db, "FAIL_WIDGET_IDS": frozenset(fail_widget_id)})
     try:
-        server = waitress.create_server(app, host=host, port=port, threads=threads)
+        with warnings.catch_warnings():
+            # Deprecated, still honoured by the pinned waitress (a release without it would
+            # refuse to start: "Unknown adjustment"); the warning would only repeat that.
+            warnings.filterwarnings("ignore", "send_bytes", DeprecationWarning)
+            server = waitress.create_server(app, host=host, port=port, threads=threads, send_bytes=SEND_BYTES)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     log.info(

@@ -105,3 +105,15 @@ def test_the_maker_answers_widgets_in_the_order_made(client: FlaskClient) -> Non
     assert all(ISO_MICROSECONDS.fullmatch(stamp) for stamp in stamps)
     assert stamps == sorted(set(stamps))
     assert sorted(made, key=lambda w: client.get(f"/widget/{w}").get_json()["date_created"]) == made
+
+
+def test_a_closed_store_opens_again_when_used(tmp_path: Path) -> None:
+    store = WidgetStore(str(tmp_path / "w.db"))
+    first, _ = store.create(new_widget_id())
+    store.close()
+    second, created = store.create(new_widget_id())
+    assert created
+    assert second["date_created"] > first["date_created"]
+    store.close()
+    assert store.get(first["widget_id"]) == first
+    assert store.count() == 2
