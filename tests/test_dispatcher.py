@@ -212,3 +212,22 @@ def test_stopping_hands_back_every_message_waiting_in_a_lane(
     assert recorder.released == [("a-1", STOPPING), ("a-2", STOPPING)]
     assert dispatcher.held() == 0
     assert dispatcher.lanes() == {}
+
+
+def test_a_receiver_is_woken_as_soon_as_a_batch_fits(
+    make_dispatcher: Callable[..., Dispatcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("widgets.dispatcher.ROOM_POLL", 60.0)  # only a wake-up can end the wait
+    dispatcher = make_dispatcher(workers=2, lookahead=30)  # three receives' batches beyond the workers
+    assert [dispatcher.wait_for_room(10) for _ in range(3)] == [10, 10, 10]
+    assert dispatcher.wait_for_room(2) == 2  # full: 32 of 32 held
+    got: list[int] = []
+    waiter = threading.Thread(target=lambda: got.append(dispatcher.wait_for_room(10)), daemon=True)
+    waiter.start()
+    time.sleep(0.1)
+    dispatcher.let_go(9)
+    time.sleep(0.1)
+    assert got == []  # 9 free: no batch fits yet
+    dispatcher.let_go(1)  # 10 free: one batch, far from the whole lookahead
+    waiter.join(5)
+    assert got == [10]

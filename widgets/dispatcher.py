@@ -23,6 +23,8 @@ from widgets.messages import Received
 
 log = logging.getLogger(__name__)
 
+# How often a receiver waiting for room looks again without being woken (stopping, say).
+ROOM_POLL = 0.5
 # Why a message is handed back without being started.
 STOPPING = "the consumer is stopping"
 BEHIND = "an earlier request of its group goes back to the queue"
@@ -46,6 +48,7 @@ class Dispatcher:
         self.stopping = stopping
         self.capacity = workers + lookahead
         self.lookahead = lookahead
+        self._batch = lookahead  # the room a waiting receiver needs (set by wait_for_room)
         self._held = 0
         self._room = threading.Condition()
         self._work: queue.Queue[Received | None] = queue.Queue()
@@ -64,8 +67,9 @@ class Dispatcher:
     def wait_for_room(self, batch: int) -> int:
         """Block until a batch fits beside the held messages; reserve and return its size (0: stopping)."""
         with self._room:
-            while self.capacity - self._held < min(batch, self.lookahead) and not self.stopping.is_set():
-                self._room.wait(0.5)
+            self._batch = min(batch, self.lookahead)
+            while self.capacity - self._held < self._batch and not self.stopping.is_set():
+                self._room.wait(ROOM_POLL)
             if self.stopping.is_set():
                 return 0
             wanted = min(batch, self.capacity - self._held)
@@ -77,7 +81,7 @@ class Dispatcher:
         with self._room:
             self._held -= count
             # Only when a batch fits: waking the receiver for each message costs CPU for nothing.
-            if self.capacity - self._held >= self.lookahead:
+            if self.capacity - self._held >= self._batch:
                 self._room.notify()
 
     def held(self) -> int:
