@@ -3,6 +3,9 @@ VENV := venv
 PYTHON := $(VENV)/bin/python
 ARGS ?=
 N ?= 500
+# make test runs the suite in this many pytest-xdist processes (0: all in one): most of its time is
+# spent waiting on timeouts, retry delays and outages, so three share two cores well.
+TEST_WORKERS ?= 3
 # The local SQS is fauxqs (package.json), installed with npm when Node.js is here; without it,
 # moto's server stands in (slower), and the programs that start it say so.
 HAVE_NODE := $(and $(shell command -v node 2>/dev/null),$(shell command -v npm 2>/dev/null))
@@ -52,8 +55,8 @@ redrive: all  ## move the dead-letter queue's requests back to the request queue
 responses: all  ## print the responses waiting: make responses ARGS="--delete"
 	$(LOCAL) $(PYTHON) widget_queues.py responses $(ARGS)
 
-test: all  ## the whole test suite
-	$(PYTHON) -m pytest $(ARGS)
+test: all  ## the whole test suite, in TEST_WORKERS (3) processes; a worker done early takes tests from another
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
 chaos: export CHAOS_SIZE := full
 chaos: all  ## the full chaos test: faults injected while 350 requests flow

@@ -28,11 +28,22 @@ LOCAL_SQS_CHOICES = ("fauxqs", "moto")
 FAUXQS_HINT = "install Node.js and npm, then run make"
 
 
+# Each port free_port hands out stays bound (never listening) by a socket of this process until it
+# exits. The kernel then gives it to no other bind to port 0 and no outgoing connection, so no other
+# process (a test running at the same time in another pytest worker) can take it between the choice
+# and the server's bind, nor while a test restarts a server on it. Our servers still bind it, as
+# they all set SO_REUSEADDR (waitress, werkzeug, http.server, Node.js); until one listens there, a
+# connection to it is refused.
+_held_ports: list[socket.socket] = []
+
+
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """Return a TCP port on 127.0.0.1 that nothing listens on, held for this process's servers."""
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", 0))
+    _held_ports.append(holder)
+    return int(holder.getsockname()[1])
 
 
 def port_in_use(port: int) -> bool:
@@ -211,13 +222,13 @@ def start_sqs(
 ) -> tuple[Process, str]:
     """Start a local SQS on 127.0.0.1 (kind, else local_sqs_kind()); return it and its endpoint URL."""
     kind = kind or local_sqs_kind()
+    # A held port (free_port), not port 0: a test that restarts the SQS finds its port still free.
+    port = port or free_port()
     if kind == "fauxqs":
-        # Port 0 lets the server pick a free port itself, with no race; it prints the one it got.
-        argv = ["node", str(ROOT / "devtools" / "local_sqs.mjs"), "--port", str(port or 0)]
+        argv = ["node", str(ROOT / "devtools" / "local_sqs.mjs"), "--port", str(port)]
         process = Process("sqs", argv, echo=echo)
         endpoint = process.wait_for(r"listening on (http://127\.0\.0\.1:\d+)").group(1)
         return process, endpoint
-    port = port or free_port()
     process = Process("sqs", [PYTHON, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], echo=echo)
     endpoint = f"http://127.0.0.1:{port}"
     wait_http(f"{endpoint}/moto-api/", process=process)

@@ -3,21 +3,21 @@
 The real scripts run against each local SQS server (fauxqs, moto's) with short timings: two
 consumers compete for a stream of valid requests mixed with invalid widget ids and garbage
 bodies, and while the requests flow the maker is stopped and restarted twice (the second time
-for longer than five retry windows), a third consumer is killed with SIGKILL, and one is
-stopped with SIGTERM (and restarted). At the end a few requests the maker is told to
-refuse with 500 (--fail-widget-id) end FAILED on purpose, and nothing else may. The truth is
-what was sent (the message ids the producer printed and boto3 returned); at the end the
-maker's SQLite file, the response queue, the request queue and the dead-letter queue are
-checked against it, and the checks are printed as a table.
+for several retry windows: two in the small size, five in the full one), a third consumer is
+killed with SIGKILL, and one is stopped with SIGTERM (and restarted). At the end a few
+requests the maker is told to refuse with 500 (--fail-widget-id) end FAILED on purpose, and
+nothing else may. The truth is what was sent (the message ids the producer printed and boto3
+returned); at the end the maker's SQLite file, the response queue, the request queue and the
+dead-letter queue are checked against it, and the checks are printed as a table.
 
 `make test` runs the small size; `make chaos` (CHAOS_SIZE=full) runs the full one.
 
 Faults, all while requests flow: the maker stopped (SIGTERM) and restarted twice, the second
-outage five times --max-receives x --retry-delay long, which the breaker rides out; a consumer
-K killed with SIGKILL after the maker answered but before its SQS writes were made (A and B are
-paused so K takes the next group, the maker is paused with SIGSTOP so K surely holds requests,
-then SQS is paused while the maker resumes); consumer B stopped with SIGTERM while its
-workers wait on a paused maker, and restarted.
+outage two (full size: five) times --max-receives x --retry-delay long, which the breaker
+rides out; a consumer K killed with SIGKILL after the maker answered but before its SQS writes
+were made (A and B are paused so K takes the next group, the maker is paused with SIGSTOP so K
+surely holds requests, then SQS is paused while the maker resumes); consumer B stopped with
+SIGTERM while its workers wait on a paused maker, and restarted.
 
 Each protection, removed in a scratch copy of the code, makes these checks fail:
 - the maker's idempotency (ON CONFLICT DO NOTHING, 200 for a repeat): repeated widget ids and
@@ -79,9 +79,9 @@ CONSUMER_ARGS = [
 # Requests are sent in groups; a fault starts after each group but the first, and the
 # next group is sent while that fault lasts.
 GROUPS = 5
-# How long a maker outage lasts once a consumer noticed it: the first short, the second five
-# retry windows long (before the breaker, every request it touched ended FAILED).
-OUTAGE_SECONDS = (1.5, 5 * MAX_RECEIVES * RETRY_DELAY)
+# How long the first maker outage lasts once a consumer noticed it; the second lasts the size's
+# long_outage_windows retry windows (--max-receives x --retry-delay).
+SHORT_OUTAGE_SECONDS = 1.5
 SEND_PAUSE = 0.05
 
 
@@ -98,11 +98,22 @@ class Size:
     per_run: int
     drain_timeout: float
     time_limit: float
+    # The second maker outage, in retry windows. One is enough to tell: without the breaker, every
+    # request it touched ended FAILED within it (3 receives, 1 s apart); two leave a margin.
+    long_outage_windows: int
+
+    def outage_seconds(self, number: int) -> float:
+        """Return how long maker outage number (1 or 2) lasts once a consumer noticed it."""
+        return SHORT_OUTAGE_SECONDS if number == 1 else self.long_outage_windows * MAX_RECEIVES * RETRY_DELAY
 
 
 SIZES = {
-    "small": Size("small", 60, 10, 8, 4, 3, per_run=12, drain_timeout=20, time_limit=150),
-    "full": Size("full", 300, 30, 20, 10, 5, per_run=20, drain_timeout=45, time_limit=420),
+    "small": Size(
+        "small", 60, 10, 8, 4, 3, per_run=12, drain_timeout=20, time_limit=150, long_outage_windows=2
+    ),
+    "full": Size(
+        "full", 300, 30, 20, 10, 5, per_run=20, drain_timeout=45, time_limit=420, long_outage_windows=5
+    ),
 }
 CHAOS_SIZE = os.environ.get("CHAOS_SIZE", "small")
 if CHAOS_SIZE not in SIZES:
@@ -686,7 +697,7 @@ def run_chaos(size: Size, tmp: Path, sqs_kind: str) -> tuple[list[Check], Stack]
             clock.say(f"fault {group}: maker stopped (outage {number})")
             sender.fault_started[group].set()
             noticed = wait_line(consumers, starts, r"breaker_open: maker unreachable", timeout=20)
-            time.sleep(OUTAGE_SECONDS[number - 1])
+            time.sleep(size.outage_seconds(number))
             maker, _ = start_maker(db, port=maker_port, args=maker_args)
             stack.add(maker)
             # Every breaker that opened lets requests through again once a probe finds the maker.

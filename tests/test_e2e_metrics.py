@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,21 +53,30 @@ def test_metrics_count_the_outcomes_on_the_response_queue(stack: Stack) -> None:
     consumer = stack.consumer("--max-receives", "2", "--metrics-port", "0")
     base = endpoint_of(consumer)
     assert health(base)[0] == 200
-    for args in (["--count", "20"], ["--widget-id=this_is_not_a_valid_widget_id"], [f"--widget-id={DOOMED}"]):
-        assert stack.produce(*args).returncode == 0
+    # Sent from a thread while the loop below scrapes: sent first, the requests could all be
+    # answered before its first scrape on a busy machine, and nothing would be seen during the run.
+    sends = (["--count", "20"], ["--widget-id=this_is_not_a_valid_widget_id"], [f"--widget-id={DOOMED}"])
+    exit_codes: list[int] = []
+    producer = threading.Thread(target=lambda: exit_codes.extend(stack.produce(*a).returncode for a in sends))
+    producer.start()
 
     # During the run: counters only grow, and count at least every response already sent.
     responses: list[dict[str, Any]] = []
     last: dict[str, float] = {}
     scrapes = 0
-    while len(responses) < 22:
-        assert scrapes < 200, f"only {len(responses)} responses"
-        responses.extend(stack.responses())
-        outcomes = by_label(metrics(base), "widget_consumer_outcomes_total", "status")
-        answered = Counter(r["Status"] for r in responses)
-        assert all(outcomes[status] >= answered[status] for status in STATUSES), (outcomes, answered)
-        assert all(outcomes[status] >= last.get(status, 0) for status in outcomes)
-        last, scrapes = outcomes, scrapes + 1
+    try:
+        while len(responses) < 22:
+            assert scrapes < 200, f"only {len(responses)} responses"
+            responses.extend(stack.responses())
+            outcomes = by_label(metrics(base), "widget_consumer_outcomes_total", "status")
+            answered = Counter(r["Status"] for r in responses)
+            assert all(outcomes[status] >= answered[status] for status in STATUSES), (outcomes, answered)
+            assert all(outcomes[status] >= last.get(status, 0) for status in outcomes)
+            last, scrapes = outcomes, scrapes + 1
+            time.sleep(0.1)
+    finally:
+        producer.join(60)
+    assert exit_codes == [0, 0, 0]
     assert scrapes > 1
 
     # After it: the counters are the responses, exactly.

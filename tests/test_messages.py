@@ -35,7 +35,8 @@ def test_new_widget_ids_are_valid_and_distinct() -> None:
         SEED_ID.upper(),
         SEED_ID.replace("-", ""),
         "{" + SEED_ID + "}",
-        str(uuid.uuid4()),
+        # A fresh one each run; the id stays fixed, so that every pytest-xdist worker collects the same tests.
+        pytest.param(str(uuid.uuid4()), id="uuid4"),
         "",
         SEED_ID + " ",
         None,
