@@ -60,6 +60,21 @@ def script_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def sigint_back() -> Callable[[], None] | None:
+    """Return what gives a child the default SIGINT back, when this process was started ignoring it.
+
+    A script started in the background (`cmd &` from a shell script) ignores SIGINT, and so would
+    its children: their Ctrl-C (stop() sends it, as do tests) would then do nothing.
+    """
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        return None
+
+    def default_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    return default_sigint
+
+
 class Process:
     """A child process whose output lines are kept (and optionally echoed) as they come."""
 
@@ -88,6 +103,7 @@ class Process:
             # Its own session: a Ctrl-C in the terminal reaches only us, and we stop the
             # children in order (consumer before the SQS it flushes to), one signal each.
             start_new_session=True,
+            preexec_fn=sigint_back(),
         )
         self._reader = threading.Thread(target=self._read, name=f"read-{name}", daemon=True)
         self._reader.start()

@@ -23,7 +23,7 @@ from click.testing import CliRunner, Result
 from moto import mock_aws
 
 import widget_queues
-from devtools.stack import PYTHON, ROOT, Process, free_port, run_script, script_env, start_sqs
+from devtools.stack import PYTHON, ROOT, Process, free_port, run_script, script_env, sigint_back, start_sqs
 from widgets.messages import FAILED, OK, REJECTED, new_widget_id, request_body, response_body
 from widgets.sqs import (
     DEAD_LETTER_QUEUE,
@@ -717,6 +717,7 @@ def test_status_watch_redraws_in_place_on_a_terminal(sqs_server: str) -> None:
         stdout=child_end,
         stderr=child_end,
         start_new_session=True,
+        preexec_fn=sigint_back(),
     )
     os.close(child_end)
     try:
