@@ -66,7 +66,8 @@ from widgets.sqs import (
 log = logging.getLogger("widget_consumer")
 
 # Receives in flight at once: on Amazon SQS each costs a network round trip, and with one at a
-# time the workers wait for it. Three kept 0.77 of the rate with 20 ms per call (make bench).
+# time the workers wait for it. With 20 ms per call, one kept 0.57 of the rate, three 0.7-0.77
+# (make bench; README, Performance, says what limits it now).
 RECEIVES_IN_FLIGHT = 3
 # How often the consumer logs a summary while it is busy.
 SUMMARY_INTERVAL = 30.0
