@@ -434,7 +434,7 @@ def main(
         check_dead_letter_queue(sqs_request_queue, dead_letter_queue)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
-    configure_logging(log_level, log_format)
+    configure_logging(log_level, log_format, background=True)
     endpoint = open_endpoint(settings)
     metrics = ConsumerMetrics() if endpoint is not None else None
     # Connections for the receives, the outbox's batch calls and each worker's dead-letter copy.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import time
@@ -481,17 +482,22 @@ def test_consumer_rides_out_an_sqs_outage(
     assert any("sqs_recovered" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("background", [False, True], ids=["written-by-the-caller", "written-in-background"])
 def test_json_log_lines_carry_the_fields(
-    sqs: Any, queues: QueueUrls, maker_url: str, capsys: pytest.CaptureFixture[str]
+    sqs: Any, queues: QueueUrls, maker_url: str, capsys: pytest.CaptureFixture[str], background: bool
 ) -> None:
     from widgets.logs import configure_logging
 
     root = logging.getLogger()
     saved = root.handlers[:], root.level
-    configure_logging("INFO", "json")
+    writer = configure_logging("INFO", "json", background=background)
+    assert (writer is not None) == background
     try:
         handle_one(sqs, queues, Settings(maker_url=maker_url), request_body(VALID_ID))
     finally:
+        if writer is not None:
+            writer.stop()  # writes out what is queued, as at exit
+            atexit.unregister(writer.stop)
         root.handlers[:], level = saved
         root.setLevel(level)
     lines = [
