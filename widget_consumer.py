@@ -66,9 +66,10 @@ from widgets.sqs import (
 log = logging.getLogger("widget_consumer")
 
 # Receives in flight at once: on Amazon SQS each costs a network round trip, and with one at a
-# time the workers wait for it. With 20 ms per call, one kept 0.57 of the rate, three 0.7-0.77
-# (make bench; README, Performance, says what limits it now).
-RECEIVES_IN_FLIGHT = 3
+# time the workers wait for it. With 20 ms per call, one kept 0.57 of the rate, three 0.69-0.77,
+# five 0.80-0.83 (make bench). Each has room for a batch beyond the busy workers, which the
+# heartbeat keeps hidden while they wait (50 with the defaults: 50 ms of work at 1000 a second).
+RECEIVES_IN_FLIGHT = 5
 # How often the consumer logs a summary while it is busy.
 SUMMARY_INTERVAL = 30.0
 
