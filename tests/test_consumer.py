@@ -482,6 +482,39 @@ def test_consumer_rides_out_an_sqs_outage(
     assert any("sqs_recovered" in r.getMessage() for r in caplog.records)
 
 
+def test_background_log_lines_are_the_same_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    from widgets.logs import configure_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("INFO", "json")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("widgets.test").exception("worker_error message_id=m1")
+        writer = configure_logging("INFO", "json", background=True)
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("widgets.test").exception("worker_error message_id=m1")
+        assert writer is not None
+        writer.stop()
+        atexit.unregister(writer.stop)
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    direct, queued = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    for entry in (direct, queued):
+        del entry["time"]
+        assert "ValueError: boom" in entry.pop("exception")
+    assert (
+        direct
+        == queued
+        == {"level": "ERROR", "logger": "widgets.test", "message": "worker_error message_id=m1"}
+    )
+
+
 @pytest.mark.parametrize("background", [False, True], ids=["written-by-the-caller", "written-in-background"])
 def test_json_log_lines_carry_the_fields(
     sqs: Any, queues: QueueUrls, maker_url: str, capsys: pytest.CaptureFixture[str], background: bool

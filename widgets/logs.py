@@ -54,21 +54,27 @@ def configure_logging(
     Returns the background writer, or None.
     """
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    formatter = (
+        JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
+    )
     root = logging.getLogger()
     root.setLevel(level.upper())
     # botocore logs every retry at INFO/DEBUG; our own lines say what matters.
     logging.getLogger("botocore").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     if not background:
+        handler.setFormatter(formatter)
         root.handlers[:] = [handler]
         return None
+    # The line is formatted where it is logged (its fields, its traceback), only written later.
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    queued = logging.handlers.QueueHandler(records)
+    queued.setFormatter(formatter)
+    handler.setFormatter(logging.Formatter("%(message)s"))
     writer = logging.handlers.QueueListener(records, handler)
-    root.handlers[:] = [logging.handlers.QueueHandler(records)]
+    root.handlers[:] = [queued]
     writer.start()
     atexit.register(writer.stop)
     return writer
