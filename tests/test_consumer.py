@@ -275,13 +275,20 @@ def test_retry_delay(backoff: str, counts: list[int], delays: list[int]) -> None
     assert [policy.delay(c) for c in counts] == delays
 
 
+def received(sqs: Any, url: str, count: int) -> list[Received]:
+    """Send count requests and receive them all (ten per receive at most)."""
+    send_requests(sqs, url, [str(uuid.uuid4()) for _ in range(count)])
+    messages: list[Received] = []
+    while len(messages) < count:
+        answer = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=30)
+        messages += map(Received.from_sqs, answer.get("Messages", []))
+    return messages
+
+
 def outbox_holding_answers(sqs: Any, queues: QueueUrls, count: int) -> Outbox:
     """Send and receive count requests; return an outbox holding a response and delete for each."""
-    for n in range(count):
-        sqs.send_message(QueueUrl=queues.request, MessageBody=str(n))
-    messages = sqs.receive_message(QueueUrl=queues.request, MaxNumberOfMessages=10, VisibilityTimeout=30)
     outbox = Outbox(sqs, queues, flush_interval=0)
-    for message in map(Received.from_sqs, messages["Messages"]):
+    for message in received(sqs, queues.request, count):
         outbox.respond_and_delete(message, json.dumps({"MessageId": message.message_id}))
     return outbox
 
@@ -310,16 +317,6 @@ def test_outbox_keeps_what_sqs_refused(sqs: Any, queues: QueueUrls, monkeypatch:
     assert outbox.pending() == 0
     assert depth(sqs, queues.request) == (0, 0)
     assert len(all_bodies(sqs, queues.response)) == 3
-
-
-def received(sqs: Any, url: str, count: int) -> list[Received]:
-    """Send count requests and receive them all (ten per receive at most)."""
-    send_requests(sqs, url, [str(uuid.uuid4()) for _ in range(count)])
-    messages: list[Received] = []
-    while len(messages) < count:
-        answer = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=30)
-        messages += map(Received.from_sqs, answer.get("Messages", []))
-    return messages
 
 
 def batch_calls(sqs: Any) -> list[tuple[str, int, float]]:

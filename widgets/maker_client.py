@@ -83,18 +83,18 @@ class Connections:
     CURL_CA_BUNDLE.
     """
 
-    def __init__(self, url: str, timeout: float) -> None:
-        """Prepare connections to url's host; timeout applies to connecting and to each read."""
+    def __init__(self, url: str) -> None:
+        """Prepare connections to url's host (each call sets its own timeout)."""
         parsed = urlsplit(url)
         self.host = parsed.hostname or ""
         self.https = parsed.scheme == "https"
         self.port = parsed.port or (443 if self.https else 80)
-        self.timeout = timeout
         ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
         self.tls = ssl.create_default_context(cafile=ca_bundle) if self.https else None
         proxy = None if proxy_bypass(self.host) else getproxies().get(parsed.scheme)
         self.proxy = urlsplit(proxy) if proxy else None
         # Through a proxy, plain HTTP asks it for the whole URL; HTTPS tunnels through it (CONNECT).
+        self.forwarded = self.proxy is not None and not self.https
         self.proxy_headers: dict[str, str] = {}
         if self.proxy and self.proxy.username:
             credentials = f"{unquote(self.proxy.username)}:{unquote(self.proxy.password or '')}"
@@ -103,14 +103,14 @@ class Connections:
 
     def target(self, url: str) -> str:
         """Return what goes on the request line for url: its path, or all of it to a plain HTTP proxy."""
-        if self.proxy and not self.https:
+        if self.forwarded:
             return url
         parsed = urlsplit(url)
         return (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
 
     def headers(self) -> dict[str, str]:
         """Return the headers every request needs for the proxy (none without one, or through a tunnel)."""
-        return self.proxy_headers if self.proxy and not self.https else {}
+        return self.proxy_headers if self.forwarded else {}
 
     def mine(self) -> http.client.HTTPConnection:
         """Return this thread's connection (not yet connected the first time)."""
@@ -126,11 +126,11 @@ class Connections:
             host, port = self.proxy.hostname or "", self.proxy.port or 80
         connection: http.client.HTTPConnection
         if self.https:
-            connection = http.client.HTTPSConnection(host, port, timeout=self.timeout, context=self.tls)
+            connection = http.client.HTTPSConnection(host, port, context=self.tls)
             if self.proxy:
                 connection.set_tunnel(self.host, self.port, headers=self.proxy_headers)
         else:
-            connection = http.client.HTTPConnection(host, port, timeout=self.timeout)
+            connection = http.client.HTTPConnection(host, port)
         return connection
 
 
@@ -157,7 +157,7 @@ class MakerClient:
         self.timeout = timeout
         parsed = urlsplit(url)
         self.health_url = f"{parsed.scheme}://{parsed.netloc}/healthz"
-        self.connections = Connections(url, timeout)
+        self.connections = Connections(url)
         # What goes on the request line, worked out once: this runs for every message.
         self.add_target = self.connections.target(url)
         self.health_target = self.connections.target(self.health_url)
