@@ -41,16 +41,17 @@ from widgets.consumer_metrics import ConsumerMetrics
 from widgets.dispatcher import Dispatcher
 from widgets.endpoint import Endpoint
 from widgets.handling import Handler, RetryPolicy
-from widgets.health import Health, ReceiverState, check
+from widgets.health import Health, ReceiverState, WriterState, check
 from widgets.heartbeat import Heartbeat
 from widgets.logs import FORMATS, LEVELS, configure_logging
 from widgets.maker_client import MakerClient
 from widgets.messages import FAILED, OK, REJECTED, RETRY
 from widgets.observer import Observer, Snapshot
-from widgets.outbox import Outbox
+from widgets.outbox import CALLS_IN_FLIGHT, LANES, Outbox
 from widgets.rate_limit import RateLimiter
 from widgets.receiver import Receiver
 from widgets.sqs import (
+    CONSUMER_ATTEMPTS,
     MAX_VISIBILITY,
     QueueUrls,
     SQSClient,
@@ -70,6 +71,9 @@ log = logging.getLogger("widget_consumer")
 # five 0.80-0.83 (make bench). Each has room for a batch beyond the busy workers, which the
 # heartbeat keeps hidden while they wait (50 with the defaults: 50 ms of work at 1000 a second).
 RECEIVES_IN_FLIGHT = 5
+# A receive's read timeout beyond its long poll: SQS answers a long poll when it ends, so a call
+# still unanswered 5 s later is lost on the way (a connection dropped without a reset).
+RECEIVE_TIMEOUT_MARGIN = 5
 # How often the consumer logs a summary while it is busy.
 SUMMARY_INTERVAL = 30.0
 
@@ -110,14 +114,22 @@ class Consumer:
     """The consumer's mechanisms wired together: start() runs them, stop() and join() end them."""
 
     def __init__(
-        self, sqs: SQSClient, urls: QueueUrls, settings: Settings, observer: Observer | None = None
+        self,
+        sqs: SQSClient,
+        urls: QueueUrls,
+        settings: Settings,
+        observer: Observer | None = None,
+        writes: SQSClient | None = None,
     ) -> None:
-        """Build every mechanism from the settings; each reports to observer (by default, to nobody)."""
+        """Build every mechanism from the settings; each reports to observer (by default, to nobody).
+
+        Receives go through sqs, writes through writes (a client with short timeouts; default: sqs).
+        """
         self.sqs = sqs
         self.settings = settings
         self.observer = observer or Observer()
         self.stopping = threading.Event()
-        self.outbox = Outbox(sqs, urls, settings.flush_interval)
+        self.outbox = Outbox(writes or sqs, urls, settings.flush_interval)
         self.maker = MakerClient(
             url=settings.maker_url,
             timeout=settings.http_timeout,
@@ -130,8 +142,6 @@ class Consumer:
         )
         self.limiter = RateLimiter(rate=settings.max_rate)
         self.handler = Handler(
-            sqs=sqs,
-            urls=urls,
             outbox=self.outbox,
             maker=self.maker,
             breaker=self.breaker,
@@ -161,9 +171,11 @@ class Consumer:
             stopping=self.stopping,
             threads=RECEIVES_IN_FLIGHT,
             observer=self.observer,
+            behind=self.outbox.behind,
         )
         if self.observer.active:
-            watch_calls(sqs, self.observer.sqs_error, self.observer.sqs_refused)
+            for client in {id(sqs): sqs, id(self.outbox.sqs): self.outbox.sqs}.values():
+                watch_calls(client, self.observer.sqs_error, self.observer.sqs_refused)
         self.observer.watch(self.snapshot)
         self.handle = self.handler.handle
         self.counts = self.handler.counts
@@ -202,6 +214,7 @@ class Consumer:
             held=self.heartbeat.held(),
             maker_calls_in_flight=self.maker.in_flight,
             outbox_backlog=self.outbox.pending(),
+            outbox_oldest_seconds=self.outbox.oldest(),
             breaker_state=self.breaker.state,
             breaker_opened=self.breaker.opened,
             breaker_open_seconds=self.breaker.down_seconds(),
@@ -220,8 +233,20 @@ class Consumer:
             last_attempt=self.receiver.last_attempt,
             last_receive=self.receiver.last_receive,
         )
+        writer = WriterState(
+            failing=self.outbox.failing(),
+            failing_for=self.outbox.failing_for(),
+            backlog=self.outbox.pending(),
+            oldest=self.outbox.oldest(),
+        )
         return check(
-            receiver, self.breaker.state, self.breaker.outage(), time.monotonic(), self.settings.wait_time
+            receiver,
+            self.breaker.state,
+            self.breaker.outage(),
+            time.monotonic(),
+            self.settings.wait_time,
+            writer,
+            self.settings.visibility_timeout,
         )
 
     def summary(self, elapsed: float) -> str:
@@ -231,6 +256,17 @@ class Consumer:
         counts = " ".join(f"{status}={counted[status]}" for status in (OK, REJECTED, FAILED, RETRY))
         rate = done / elapsed if elapsed > 0 else 0.0
         return f"summary {counts} rate={rate:.1f}/s over {elapsed:.0f}s"
+
+
+def write_timeout(visibility_timeout: int) -> float:
+    """Return the connect and read timeout of the consumer's writes: a fifth of the visibility timeout, 1-5 s.
+
+    A heartbeat's extension is queued with half the visibility timeout or more left (widgets/
+    heartbeat.py), so it can time out twice and still be made in time. SQS answers a write in
+    tens of milliseconds; a write unanswered for seconds is lost on the way, and waiting longer
+    only holds its requests.
+    """
+    return min(max(visibility_timeout / 5, 1.0), 5.0)
 
 
 def open_endpoint(settings: Settings) -> Endpoint | None:
@@ -438,14 +474,31 @@ def main(
     configure_logging(log_level, log_format, background=True)
     endpoint = open_endpoint(settings)
     metrics = ConsumerMetrics() if endpoint is not None else None
-    # Connections for the receives, the outbox's batch calls and each worker's dead-letter copy.
-    sqs = make_client(region, endpoint_url, max_connections=2 * workers + 8, read_timeout=wait_time + 20)
     names = (sqs_request_queue, sqs_response_queue, dead_letter_queue)
+    setup = make_client(region, endpoint_url)
     if create_queues:
-        urls = ensure_queues(sqs, *names, max_receives=max_receives)
+        urls = ensure_queues(setup, *names, max_receives=max_receives)
     else:
-        urls = find_queues(sqs, *names)
-    consumer = Consumer(sqs, urls, settings, observer=metrics)
+        urls = find_queues(setup, *names)
+    # Receives and writes on clients of their own: a long poll's read timeout is its wait, a
+    # write's is short (write_timeout), and neither kind waits for a connection the other holds.
+    sqs = make_client(
+        region,
+        endpoint_url,
+        max_connections=RECEIVES_IN_FLIGHT + 1,
+        read_timeout=wait_time + RECEIVE_TIMEOUT_MARGIN,
+        attempts=CONSUMER_ATTEMPTS,
+    )
+    timeout = write_timeout(visibility_timeout)
+    writes = make_client(
+        region,
+        endpoint_url,
+        max_connections=CALLS_IN_FLIGHT * LANES,
+        read_timeout=timeout,
+        connect_timeout=timeout,
+        attempts=CONSUMER_ATTEMPTS,
+    )
+    consumer = Consumer(sqs, urls, settings, observer=metrics, writes=writes)
     warn_if_maker_is_down(consumer.maker)
     signals = install_signal_handlers()
     log.info(

@@ -560,39 +560,31 @@ def test_failed_flush_keeps_hand_backs(sqs: Any, queues: QueueUrls, monkeypatch:
     assert outbox.pending() == 0
 
 
-def test_dead_letter_send_failure_is_settled_on_the_extra_delivery(
+def test_a_failed_dead_letter_copy_is_kept_before_the_delete(
     sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch, scripted_maker: tuple[ScriptedMaker, str]
 ) -> None:
     script, url = scripted_maker
     script.status = 500
-    settings = Settings(maker_url=url, max_receives=3)
-    consumer = Consumer(sqs, queues, settings)
+    consumer = Consumer(sqs, queues, Settings(maker_url=url, max_receives=1))
     sqs.send_message(QueueUrl=queues.request, MessageBody=request_body(VALID_ID))
-    for _ in range(2):
-        message = receive_one(sqs, queues.request)
-        sqs.change_message_visibility(
-            QueueUrl=queues.request, ReceiptHandle=message.receipt_handle, VisibilityTimeout=0
-        )
-    real_send = sqs.send_message
-    monkeypatch.setattr(
-        sqs, "send_message", lambda **kwargs: (_ for _ in ()).throw(EndpointConnectionError(endpoint_url="x"))
-    )
-    third = receive_one(sqs, queues.request)
-    with pytest.raises(EndpointConnectionError):
-        consumer.handle(third)
-    monkeypatch.setattr(sqs, "send_message", real_send)
-    sqs.change_message_visibility(
-        QueueUrl=queues.request, ReceiptHandle=third.receipt_handle, VisibilityTimeout=0
-    )
-    # SQS's redrive would move it now if its limit were max_receives; it is two more.
-    fourth = receive_one(sqs, queues.request)
-    assert fourth.receive_count == 4
-    assert consumer.handle(fourth).status == FAILED
-    assert consumer.outbox.flush() == 0
+    real_send = sqs.send_message_batch
+
+    def dead_letter_queue_down(**kwargs: Any) -> Any:
+        if kwargs["QueueUrl"] == queues.dead_letter:
+            raise EndpointConnectionError(endpoint_url="x")
+        return real_send(**kwargs)
+
+    monkeypatch.setattr(sqs, "send_message_batch", dead_letter_queue_down)
+    assert consumer.handle(receive_one(sqs, queues.request)).status == FAILED
+    assert consumer.outbox.flush() == 1
     [response] = all_bodies(sqs, queues.response)
     assert response["Status"] == FAILED
+    assert depth(sqs, queues.request) == (0, 1)  # not deleted without its dead-letter copy
+    monkeypatch.setattr(sqs, "send_message_batch", real_send)
+    assert consumer.outbox.flush() == 0
     [kept] = all_bodies(sqs, queues.dead_letter)
-    assert kept["_attributes"]["ReceiveCount"] == "4"
+    assert kept["_attributes"]["ReceiveCount"] == "1"
+    assert depth(sqs, queues.request) == (0, 0)
 
 
 def test_heartbeat_keeps_a_slow_call_invisible(

@@ -52,6 +52,7 @@ def snapshot(**changes: Any) -> Snapshot:
         "held": 0,
         "maker_calls_in_flight": 0,
         "outbox_backlog": 0,
+        "outbox_oldest_seconds": 0.0,
         "breaker_state": "closed",
         "breaker_opened": 0,
         "breaker_open_seconds": 0.0,

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from widgets.endpoint import Endpoint
-from widgets.health import STUCK_MARGIN, Health, ReceiverState, check
+from widgets.health import STUCK_MARGIN, Health, ReceiverState, WriterState, check
 
 WAIT_TIME = 20.0
 
@@ -64,7 +64,14 @@ def test_a_maker_outage_is_healthy_and_says_so(state: str) -> None:
     health = check(receiver(), state, outage=42.04, now=300.0, wait_time=WAIT_TIME)
     assert health == Health(
         200,
-        {"status": "ok", "last_receive_seconds_ago": 200.0, "breaker": state, "maker_outage_seconds": 42.0},
+        {
+            "status": "ok",
+            "last_receive_seconds_ago": 200.0,
+            "unsettled": 0,
+            "oldest_unsettled_seconds": 0.0,
+            "breaker": state,
+            "maker_outage_seconds": 42.0,
+        },
     )
 
 
@@ -104,3 +111,13 @@ def test_endpoint_refuses_a_port_in_use_and_frees_its_own() -> None:
     first.stop()
     with socket.socket() as again:
         again.bind(("127.0.0.1", first.port))
+
+
+def test_writes_failing_for_longer_than_a_visibility_timeout_are_unhealthy() -> None:
+    writer = WriterState(failing="SQS answered InternalFailure", failing_for=31.0, backlog=12, oldest=31.0)
+    health = check(receiver(), "closed", 0.0, 101.0, WAIT_TIME, writer, visibility_timeout=30)
+    assert health.status == 503
+    assert health.body["reason"] == "writes fail for 31s: SQS answered InternalFailure"
+    assert (health.body["unsettled"], health.body["oldest_unsettled_seconds"]) == (12, 31.0)
+    brief = WriterState(failing="SQS answered InternalFailure", failing_for=29.0, backlog=12, oldest=29.0)
+    assert check(receiver(), "closed", 0.0, 101.0, WAIT_TIME, brief, visibility_timeout=30).status == 200

@@ -137,8 +137,14 @@ class SnapshotCollector:
         )
         yield GaugeMetricFamily(
             "widget_consumer_outbox_backlog",
-            "Responses, deletes and visibility changes waiting to be written to SQS.",
+            "Settlements and visibility changes queued for SQS and not yet confirmed by it "
+            "(past 500 the consumer stops receiving until they are).",
             value=now.outbox_backlog,
+        )
+        yield GaugeMetricFamily(
+            "widget_consumer_outbox_oldest_seconds",
+            "Age of the oldest write SQS has not yet confirmed (past 10 s the consumer stops receiving).",
+            value=now.outbox_oldest_seconds,
         )
         yield StateSetMetricFamily(
             "widget_consumer_breaker_state",

@@ -29,6 +29,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from widgets.breaker import HALF_OPEN, Breaker
@@ -51,11 +52,6 @@ from widgets.outbox import Outbox
 from widgets.rate_limit import RateLimiter
 from widgets.sqs import (
     MAX_VISIBILITY,
-    SQS_ERRORS,
-    QueueUrls,
-    SQSClient,
-    describe_error,
-    fifo_fields,
     redrive_margin,
 )
 
@@ -137,8 +133,6 @@ class Handler:
     def __init__(
         self,
         *,
-        sqs: SQSClient,
-        urls: QueueUrls,
         outbox: Outbox,
         maker: MakerClient,
         breaker: Breaker,
@@ -148,8 +142,6 @@ class Handler:
         stopping: threading.Event,
     ) -> None:
         """Wire the handler to the mechanisms it uses."""
-        self.sqs = sqs
-        self.urls = urls
         self.outbox = outbox
         self.maker = maker
         self.breaker = breaker
@@ -167,23 +159,17 @@ class Handler:
     def __call__(self, message: Received) -> bool:
         """Handle a message; return True if it was settled, False if SQS will deliver it again.
 
-        An error of SQS or of ours leaves it for SQS to deliver again.
+        An error of ours leaves it for SQS to deliver again. The heartbeat covers it until SQS
+        confirms it settled (the outbox tells), or until it is retried or handed back.
         """
         try:
             return self.handle(message).status in TERMINAL
-        except SQS_ERRORS as error:
-            log.warning(
-                "not_settled message_id=%s: %s; SQS will deliver it again",
-                message.message_id,
-                describe_error(error, self.sqs),
-            )
         except Exception as error:
             # A bug of ours: the message comes back after its visibility timeout, until its
             # last delivery, where it is given up as FAILED so it is not dropped silently.
             log.exception("handler_error message_id=%s", message.message_id)
             if message.receive_count >= self.policy.max_receives:
                 return self._give_up(message, error)
-        finally:
             self.heartbeat.forget(message)
         return False
 
@@ -204,7 +190,6 @@ class Handler:
         if admitted is None:
             return self.hand_back(message, "the maker is down")
         answer = self.maker.create(widget_id, message.request_id)
-        self.heartbeat.forget(message)
         outcome = self.classify(message, widget_id, answer, trial=admitted == HALF_OPEN)
         return self.settle(message, outcome, started)
 
@@ -255,19 +240,6 @@ class Handler:
         if outcome.status == RETRY:
             self.retry_later(message, outcome.delay)
         else:
-            if outcome.status == FAILED:
-                # Kept before the request is deleted; if this fails, SQS delivers it again. On a
-                # FIFO queue a repeat of this send (after a crash) is dropped as a duplicate.
-                self.sqs.send_message(
-                    QueueUrl=self.urls.dead_letter,
-                    MessageBody=message.body,
-                    MessageAttributes=dead_letter_attributes(message, outcome.reason or ""),
-                    **fifo_fields(
-                        self.urls.dead_letter,
-                        message.group_id or message.request_id,
-                        f"dead-letter-{message.message_id}",
-                    ),
-                )
             if self.fifo:
                 with self._uncounted_lock:
                     self._uncounted.pop(message.message_id, None)
@@ -279,7 +251,13 @@ class Handler:
                 outcome.reason,
                 outcome.widget,
             )
-            self.outbox.respond_and_delete(message, body)
+            # A FAILED request's dead-letter copy is kept before it is deleted.
+            dead_letter = (
+                dead_letter_attributes(message, outcome.reason or "") if outcome.status == FAILED else None
+            )
+            self.outbox.respond_and_delete(
+                message, body, dead_letter=dead_letter, done=partial(self._settled, message)
+            )
         self.report(message, outcome, started)
         return outcome
 
@@ -291,16 +269,12 @@ class Handler:
         would otherwise move it to the dead-letter queue with no response at all. Never on a
         FIFO queue, where settle() and hand_back() give such a request up instead.
         """
+        # Not extended from here on: an extension would override the delay.
+        self.heartbeat.forget(message)
         if self.fifo or message.receive_count < self.policy.requeue_at:
             self.outbox.change_visibility(message, min(delay, MAX_VISIBILITY))
             return
-        self.sqs.send_message(
-            QueueUrl=self.urls.request,
-            MessageBody=message.body,
-            MessageAttributes=fresh_copy_attributes(message),
-            DelaySeconds=min(delay, MAX_DELAY_SECONDS),
-        )
-        self.outbox.delete(message)
+        self.outbox.send_afresh(message, fresh_copy_attributes(message), min(delay, MAX_DELAY_SECONDS))
         log.info(
             "sent_afresh message_id=%s request_id=%s receive_count=%d",
             message.message_id,
@@ -334,14 +308,12 @@ class Handler:
     def _give_up(self, message: Received, error: Exception) -> bool:
         """Settle a message the consumer itself keeps failing on as FAILED; return True if it was."""
         reason = f"consumer error: {type(error).__name__}; gave up after {message.receive_count} receives"
-        try:
-            self.settle(message, Outcome(FAILED, None, reason), time.monotonic())
-            return True
-        except SQS_ERRORS as sqs_error:
-            log.warning(
-                "not_settled message_id=%s: %s", message.message_id, describe_error(sqs_error, self.sqs)
-            )
-            return False
+        self.settle(message, Outcome(FAILED, None, reason), time.monotonic())
+        return True
+
+    def _settled(self, message: Received, called_at: float | None) -> None:
+        """Stop covering a request once SQS confirmed its settlement (or refused it for good)."""
+        self.heartbeat.forget(message)
 
     def report(self, message: Received, outcome: Outcome, started: float) -> None:
         """Count an outcome and log it: one line per delivery, with the ids."""

@@ -6,6 +6,9 @@ with the reason) when a thread is gone, when receives fail (SQS unreachable, cre
 refused, queue gone), or when a receive hangs. Waiting for a free worker is healthy: the
 workers are busy.
 
+It is unhealthy too when its writes (responses, deletes, visibility changes) have failed for
+longer than a visibility timeout: requests it answered may then be delivered and made again.
+
 An open breaker is healthy too: the maker is down, not this consumer, and restarting it would
 not bring the maker back; it would only put every consumer in a restart loop and lose the
 breaker's back-off. The body says the breaker's state, for whoever wants to alert on it.
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # How much longer than --wait-time a receive may take before the receiver counts as stuck:
-# the SQS client's read timeout is the long poll plus 20 s, so a hung call ends before this.
+# the receive client's read timeout is the long poll plus 5 s, so a hung call ends before this.
 STUCK_MARGIN = 30.0
 
 
@@ -33,6 +36,16 @@ class ReceiverState:
 
 
 @dataclass(frozen=True)
+class WriterState:
+    """What the health check reads from the outbox."""
+
+    failing: str | None = None  # why the last write call failed, while they fail
+    failing_for: float = 0.0  # seconds since the first of the failed calls in a row
+    backlog: int = 0  # settlements SQS has not confirmed yet
+    oldest: float = 0.0  # seconds the oldest of them has waited
+
+
+@dataclass(frozen=True)
 class Health:
     """A health verdict: the HTTP status to answer and its JSON body."""
 
@@ -40,11 +53,24 @@ class Health:
     body: dict[str, Any]
 
 
-def check(receiver: ReceiverState, breaker_state: str, outage: float, now: float, wait_time: float) -> Health:
-    """Judge the consumer's health from its receiver and breaker at time now."""
+def check(
+    receiver: ReceiverState,
+    breaker_state: str,
+    outage: float,
+    now: float,
+    wait_time: float,
+    writer: WriterState | None = None,
+    visibility_timeout: float = 30.0,
+) -> Health:
+    """Judge the consumer's health from its receiver, its writes and its breaker at time now."""
+    writer = writer or WriterState()
     reason = trouble(receiver, now, wait_time)
+    if reason is None and writer.failing is not None and writer.failing_for > visibility_timeout:
+        reason = f"writes fail for {writer.failing_for:.0f}s: {writer.failing}"
     body: dict[str, Any] = {"status": "ok"} if reason is None else {"status": "unhealthy", "reason": reason}
     body["last_receive_seconds_ago"] = round(now - receiver.last_receive, 1)
+    body["unsettled"] = writer.backlog
+    body["oldest_unsettled_seconds"] = round(writer.oldest, 1)
     body["breaker"] = breaker_state
     if breaker_state != "closed":
         body["maker_outage_seconds"] = round(outage, 1)

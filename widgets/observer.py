@@ -24,7 +24,8 @@ class Snapshot:
     outcomes: Mapping[str, int]  # deliveries settled, by status (OK, REJECTED, FAILED, RETRY)
     held: int  # received and not yet answered by the maker: waiting for a worker, a rate slot, or in a call
     maker_calls_in_flight: int
-    outbox_backlog: int  # responses, deletes and visibility changes not yet made
+    outbox_backlog: int  # settlements and visibility changes SQS has not yet confirmed
+    outbox_oldest_seconds: float  # how long the oldest of them has waited
     breaker_state: str  # closed, open or half-open
     breaker_opened: int  # outages begun
     breaker_open_seconds: float  # time not closed (open or half-open), the current outage included

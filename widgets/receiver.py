@@ -2,6 +2,8 @@
 
 While the breaker is open it receives nothing: it probes the maker instead, so an outage of any
 length costs no receives (and no receive counts) beyond those of the requests held when it began.
+Nor while settling lags behind (the outbox's writes unconfirmed, too many or for too long):
+receiving more would only add requests the consumer cannot settle yet.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ IDLE_PAUSE = 0.2
 TRIALS_OUT_PAUSE = 0.05
 # Longest single sleep while waiting for a probe, so stop() is noticed quickly.
 LONGEST_NAP = 1.0
+# How often a receiver held back by settling looks again.
+SETTLING_PAUSE = 0.05
 
 
 class Receiver:
@@ -54,6 +58,8 @@ class Receiver:
         stopping: threading.Event,
         threads: int = 1,
         observer: Observer | None = None,
+        behind: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Prepare the receiver; start() runs it until stopping is set."""
         self.sqs = sqs
@@ -67,6 +73,10 @@ class Receiver:
         self.visibility_timeout = visibility_timeout
         self.stopping = stopping
         self.observer = observer or Observer()
+        self.behind = behind
+        self.clock = clock
+        self._held_back_since: float | None = None  # when settling began to hold receives back
+        self._held_back_lock = threading.Lock()
         # A FIFO queue's messages carry their group, which the dispatcher keeps in order. Asked
         # for only there: on a standard (fair) queue a group orders nothing.
         self.system_attributes: list[MessageSystemAttributeNameType] = ["ApproximateReceiveCount"]
@@ -124,6 +134,9 @@ class Receiver:
             if self.breaker.state == OPEN:
                 self._wait_out_outage()
                 continue
+            if self._held_back():
+                self.stopping.wait(SETTLING_PAUSE)
+                continue
             wanted = self.dispatcher.wait_for_room(self.batch_size)
             if not wanted:
                 return
@@ -148,6 +161,22 @@ class Receiver:
             if not messages and not self.wait_time:
                 # Short polling on an empty queue: pause rather than spin on paid calls.
                 self.stopping.wait(IDLE_PAUSE)
+
+    def _held_back(self) -> bool:
+        """Tell whether settling lags too far behind to receive; log when that starts and ends."""
+        behind = self.behind()
+        if behind == (self._held_back_since is not None):
+            return behind
+        with self._held_back_lock:
+            if behind and self._held_back_since is None:
+                self._held_back_since = self.clock()
+                log.warning("settling_behind: SQS has not confirmed the consumer's writes; receiving paused")
+            elif not behind and self._held_back_since is not None:
+                log.info(
+                    "settling_caught_up after %.1fs; receiving again", self.clock() - self._held_back_since
+                )
+                self._held_back_since = None
+        return behind
 
     def _wait_out_outage(self) -> None:
         """While the breaker is open: sleep until the next probe is due, then probe the maker (one thread)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import re
 import threading
 from collections import Counter
@@ -20,6 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    HTTPClientError,
     NoCredentialsError,
     PartialCredentialsError,
 )
@@ -61,6 +63,17 @@ REDRIVE_MARGIN = 2
 # the consumer cannot send it afresh near the limit (a fresh copy would join the end of its
 # group). The larger margin absorbs those hand-backs; see widgets/handling.py.
 FIFO_REDRIVE_MARGIN = 10
+# Attempts per call in botocore (standard mode, total_max_attempts counts the first one). The
+# consumer makes one: each of its callers retries on its own terms (the receive loop at once,
+# then with a back-off and one outage log; the outbox each write, with a back-off of its own),
+# so no call sleeps in botocore's back-off while other writes wait, and no retry quota drains in
+# an outage (standard mode's quota, 500 tokens a client at 5 a retry and 10 after a timeout,
+# once drained leaves every later call with no retry at all). The producer and the queue tools,
+# which have no retries of their own, make up to three.
+CONSUMER_ATTEMPTS = 1
+TOOL_ATTEMPTS = 3
+# Longest back-off between calls while SQS is down.
+MAX_OUTAGE_BACKOFF = 10.0
 # The exceptions an SQS call raises: its own answers (ClientError) and everything on the way.
 SQS_ERRORS = (BotoCoreError, ClientError)
 
@@ -159,7 +172,12 @@ def is_local(endpoint_url: str) -> bool:
 
 
 def make_client(
-    region: str | None, endpoint_url: str | None, max_connections: int = 10, read_timeout: int = 40
+    region: str | None,
+    endpoint_url: str | None,
+    max_connections: int = 10,
+    read_timeout: float = 40,
+    connect_timeout: float = 3,
+    attempts: int = TOOL_ATTEMPTS,
 ) -> SQSClient:
     """Build an SQS client: Amazon SQS when a region is given and no endpoint, else the local SQS.
 
@@ -184,8 +202,8 @@ def make_client(
         # The local SQS checks no signature, but botocore will not sign without some key.
         credentials = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
     config = Config(
-        retries={"mode": "standard", "max_attempts": 3},
-        connect_timeout=3,
+        retries={"mode": "standard", "total_max_attempts": attempts},
+        connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         max_pool_connections=max_connections,
         # Every parameter is built by our own code, and SQS checks them all again: botocore's
@@ -207,6 +225,9 @@ def describe_error(error: Exception, client: SQSClient | None = None, queue: str
     if isinstance(error, BotoConnectionError):
         hint = " (is the local SQS running? make sqs)" if client is not None and is_local(where) else ""
         return f"cannot reach SQS at {where}{hint}"
+    if isinstance(error, HTTPClientError):
+        # A reset or closed connection, or a read timeout: the call may or may not have taken effect.
+        return f"no answer from SQS at {where}: {error}"
     if isinstance(error, (NoCredentialsError, PartialCredentialsError)):
         return f"AWS credentials are missing or incomplete: {error}"
     if isinstance(error, ClientError):
@@ -316,29 +337,39 @@ def release(client: SQSClient, url: str, receipt_handles: Iterable[str]) -> None
 
 
 class OutageLog:
-    """Logs an SQS outage once when it starts and once when it ends, not once per failed call."""
+    """Logs an SQS outage once when it starts and once when it ends, not once per failed call.
 
-    def __init__(self, sqs: SQSClient, what: str) -> None:
+    One failed call is no outage (a reset connection, a throttle, a 500 of one host): it is tried
+    again at once and not logged. From the second failure in a row it is: logged once, and the
+    calls back off with full jitter, so callers failing together do not come back together.
+    """
+
+    def __init__(self, sqs: SQSClient, what: str, rng: random.Random | None = None) -> None:
         """Track outages of the calls described by what."""
         self.sqs = sqs
         self.what = what
         self.failures = 0
-        self.error: str | None = None  # what the last call's failure means, while they fail
+        self.error: str | None = None  # what the last call's failure means, while an outage lasts
+        self._random = rng or random.Random()
         self._lock = threading.Lock()
 
     def failed(self, error: Exception) -> float:
         """Record a failed call; return how long to back off before the next one."""
         with self._lock:
             self.failures += 1
-            self.error = describe_error(error, self.sqs)
             if self.failures == 1:
+                return 0.0
+            self.error = describe_error(error, self.sqs)
+            if self.failures == 2:
                 log.warning("sqs_outage %s: %s; retrying", self.what, self.error)
-            return float(min(0.5 * 2 ** (self.failures - 1), 10.0))
+            return self._random.uniform(0, min(0.25 * 2 ** (self.failures - 2), MAX_OUTAGE_BACKOFF))
 
     def recovered(self) -> None:
         """Record a call that worked, ending any outage."""
+        if not self.failures:  # the usual case, without taking the lock
+            return
         with self._lock:
-            if self.failures:
+            if self.failures > 1:
                 log.info("sqs_recovered %s after %d failed calls", self.what, self.failures)
             self.failures = 0
             self.error = None

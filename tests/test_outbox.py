@@ -1,0 +1,197 @@
+"""The outbox on moto's in-process SQS: no call waits on another, FIFO responses in order, backpressure."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from botocore.exceptions import ReadTimeoutError
+
+from tests.test_breaker import FakeClock
+from tests.test_consumer import depth, received, run_until
+from tests.test_fifo import take_all
+from widgets import outbox as outbox_module
+from widgets.messages import Received
+from widgets.outbox import MAX_UNSETTLED, MAX_UNSETTLED_AGE, Outbox
+from widgets.sqs import QueueUrls, create_queue
+
+
+class SlowSQS:
+    """An SQS client whose batch calls take 20 +/- 5 ms, as across a network; calls can be made to hang."""
+
+    def __init__(self, sqs: Any, seed: int = 1) -> None:
+        """Wrap sqs; the delays are drawn from a seeded generator."""
+        self.sqs = sqs
+        self.meta = sqs.meta
+        self.to_hang: dict[str, int] = {}  # operation -> how many of its next calls hang
+        self.hanging = 0  # calls hanging now
+        self.released = threading.Event()  # set: hanging calls end with a read timeout
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        """Return the client's method, slowed down if it is a batch call."""
+        call = getattr(self.sqs, name)
+        if not name.endswith("_batch"):
+            return call
+
+        def slow(**kwargs: Any) -> Any:
+            with self._lock:
+                delay = self._random.uniform(0.015, 0.025)
+                hang = self.to_hang.get(name, 0) > 0
+                if hang:
+                    self.to_hang[name] -= 1
+                    self.hanging += 1
+            time.sleep(delay)
+            if hang:
+                # A call whose answer never comes: it ends with the client's read timeout.
+                self.released.wait(10)
+                raise ReadTimeoutError(endpoint_url="http://sqs")
+            return call(**kwargs)
+
+        return slow
+
+
+@pytest.fixture
+def fifo_responses(sqs: Any, queues: QueueUrls) -> QueueUrls:
+    """The standard request queue, with a FIFO response queue."""
+    return replace(queues, response=create_queue(sqs, "WidgetResponseQueue.fifo"))
+
+
+def in_groups(messages: list[Received], groups: int) -> list[Received]:
+    """Give the messages group ids in turn, as a FIFO queue's messages carry them."""
+    return [replace(m, group_id=f"group-{i % groups}") for i, m in enumerate(messages)]
+
+
+def test_a_groups_responses_arrive_in_order_on_a_client_of_20_ms_a_call(
+    sqs: Any, fifo_responses: QueueUrls
+) -> None:
+    slow = SlowSQS(sqs)
+    messages = in_groups(received(sqs, fifo_responses.request, 60), groups=3)
+    outbox = Outbox(slow, fifo_responses, flush_interval=0.002)
+    outbox.start()
+    for number, message in enumerate(messages):
+        outbox.respond_and_delete(message, json.dumps({"Number": number}))
+    run_until(lambda: outbox.pending() == 0, timeout=20)
+    outbox.close(1)
+    by_group: dict[str, list[int]] = {}
+    for response in take_all(sqs, fifo_responses.response):
+        group = response["Attributes"]["MessageGroupId"]
+        by_group.setdefault(group, []).append(json.loads(response["Body"])["Number"])
+    assert by_group == {f"group-{g}": list(range(g, 60, 3)) for g in range(3)}
+    assert depth(sqs, fifo_responses.request) == (0, 0)
+
+
+def test_a_failed_fifo_response_is_retried_before_the_rest_of_its_group(
+    sqs: Any, fifo_responses: QueueUrls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    messages = in_groups(received(sqs, fifo_responses.request, 4), groups=1)
+    outbox = Outbox(sqs, fifo_responses, flush_interval=0)
+    real_send = sqs.send_message_batch
+    refused = []
+
+    def refuse_the_first_once(**kwargs: Any) -> Any:
+        if not refused:
+            refused.append(kwargs["Entries"][0]["MessageBody"])
+            return {
+                "Failed": [{"Id": kwargs["Entries"][0]["Id"], "SenderFault": False, "Code": "InternalError"}]
+            }
+        return real_send(**kwargs)
+
+    monkeypatch.setattr(sqs, "send_message_batch", refuse_the_first_once)
+    for number, message in enumerate(messages):
+        outbox.respond_and_delete(message, json.dumps({"Number": number}))
+    outbox.flush()
+    assert outbox.flush() == 0
+    assert refused == ['{"Number": 0}']
+    assert [json.loads(r["Body"])["Number"] for r in take_all(sqs, fifo_responses.response)] == [0, 1, 2, 3]
+
+
+def test_a_hung_call_holds_back_only_its_own_writes(sqs: Any, queues: QueueUrls) -> None:
+    slow = SlowSQS(sqs)
+    slow.to_hang["send_message_batch"] = 1
+    messages = received(sqs, queues.request, 21)
+    outbox = Outbox(slow, queues, flush_interval=0.01)
+    outbox.start()
+    try:
+        for message in messages[:10]:
+            outbox.respond_and_delete(message, "{}")  # a full batch: its call hangs
+        run_until(lambda: slow.hanging == 1)
+        extended = threading.Event()
+        outbox.change_visibility(messages[20], 60, done=lambda called_at: extended.set())
+        for message in messages[10:20]:
+            outbox.respond_and_delete(message, "{}")
+        # The second batch is answered and deleted, and the extension made, while the first
+        # call still waits for its answer.
+        run_until(lambda: outbox.pending() == 10 and extended.is_set(), timeout=5)
+        assert depth(sqs, queues.request) == (0, 11)
+        slow.released.set()  # the hung call times out; its writes are made again
+        run_until(lambda: outbox.pending() == 0, timeout=5)
+        assert depth(sqs, queues.request) == (0, 1)
+    finally:
+        slow.released.set()
+        outbox.close(1)
+
+
+def test_the_heartbeats_extensions_never_wait_behind_stalled_responses(sqs: Any, queues: QueueUrls) -> None:
+    slow = SlowSQS(sqs)
+    slow.to_hang["send_message_batch"] = 1_000
+    messages = received(sqs, queues.request, 101)
+    outbox = Outbox(slow, queues, flush_interval=0.01)
+    outbox.start()
+    try:
+        for message in messages[:100]:
+            outbox.respond_and_delete(message, "{}")  # ten full batches: every response call hangs
+        run_until(lambda: slow.hanging == outbox_module.CALLS_IN_FLIGHT)
+        extended = threading.Event()
+        outbox.change_visibility(messages[100], 60, done=lambda called_at: extended.set())
+        run_until(extended.is_set, timeout=2)
+    finally:
+        slow.released.set()
+        outbox.close(0.1)
+
+
+def test_settling_behind_by_count_or_by_age(
+    sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    outbox = Outbox(sqs, queues, flush_interval=0, clock=clock)
+    [message] = received(sqs, queues.request, 1)
+    outbox.change_visibility(message, 30)
+    assert not outbox.behind()
+    clock.now += MAX_UNSETTLED_AGE + 0.1
+    assert outbox.oldest() == pytest.approx(MAX_UNSETTLED_AGE + 0.1)
+    assert outbox.behind()
+    assert outbox.flush() == 0
+    assert not outbox.behind()
+    monkeypatch.setattr(outbox_module, "MAX_UNSETTLED", 2)
+    for message in received(sqs, queues.request, 3):
+        outbox.change_visibility(message, 30)
+    assert outbox.pending() == 3
+    assert outbox.behind()
+    assert MAX_UNSETTLED >= 10 * 40  # over ten times what settling holds in normal work (module docstring)
+
+
+def test_a_writes_done_waits_for_its_whole_chain(
+    sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [message] = received(sqs, queues.request, 1)
+    outbox = Outbox(sqs, queues, flush_interval=0)
+    settled: list[float | None] = []
+    outbox.respond_and_delete(message, "{}", done=settled.append)
+    real_delete = sqs.delete_message_batch
+    monkeypatch.setattr(
+        sqs,
+        "delete_message_batch",
+        lambda **kwargs: (_ for _ in ()).throw(ReadTimeoutError(endpoint_url="x")),
+    )
+    assert outbox.flush() == 1
+    assert settled == []  # the response went, the delete did not
+    monkeypatch.setattr(sqs, "delete_message_batch", real_delete)
+    assert outbox.flush() == 0
+    assert len(settled) == 1 and settled[0] is not None
