@@ -10,12 +10,13 @@ import uuid
 from typing import Any
 
 import pytest
-from botocore.exceptions import EndpointConnectionError
+from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
 
 from devtools.stack import free_port
 from tests.conftest import ScriptedMaker
 from widget_consumer import Consumer, Settings
 from widget_producer import send_requests
+from widgets import outbox as outbox_module
 from widgets.handling import RetryPolicy
 from widgets.maker_client import MakerClient
 from widgets.messages import FAILED, OK, REJECTED, RETRY, Received, request_body
@@ -609,6 +610,82 @@ def test_heartbeat_keeps_a_slow_call_invisible(
         consumer.join(grace=1)
     assert len(script.requests) == 1
     assert consumer.heartbeat.extensions >= 3
+
+
+def test_a_request_is_held_until_sqs_confirms_its_delete(
+    sqs: Any, queues: QueueUrls, maker_url: str, app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    send_requests(sqs, queues.request, [VALID_ID])
+    real_delete = sqs.delete_message_batch
+
+    def delete_times_out(**kwargs: Any) -> Any:
+        raise ReadTimeoutError(endpoint_url="http://127.0.0.1:9")
+
+    monkeypatch.setattr(sqs, "delete_message_batch", delete_times_out)
+    settings = Settings(maker_url=maker_url, wait_time=0, workers=1, visibility_timeout=2)
+    consumer = Consumer(sqs, queues, settings)
+    consumer.start()
+    try:
+        run_until(lambda: consumer.counts[OK] == 1)
+        # Answered, its delete failing for two and a half visibility timeouts: the heartbeat
+        # keeps it hidden, so no other consumer gets it, and it is neither made nor answered again.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            assert sqs.receive_message(QueueUrl=queues.request, WaitTimeSeconds=0).get("Messages") is None
+            time.sleep(0.25)
+        assert consumer.outbox.pending() == 1
+        monkeypatch.setattr(sqs, "delete_message_batch", real_delete)
+        run_until(lambda: consumer.outbox.pending() == 0)
+    finally:
+        consumer.stop()
+        consumer.join(grace=1)
+    assert depth(sqs, queues.request) == (0, 0)
+    assert len(all_bodies(sqs, queues.response)) == 1
+    assert consumer.heartbeat.extensions >= 2
+    assert consumer.heartbeat.held() == 0
+
+
+def test_receiving_pauses_while_settling_lags_behind(
+    sqs: Any,
+    queues: QueueUrls,
+    maker_url: str,
+    app: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(outbox_module, "MAX_UNSETTLED", 5)
+    widget_ids = [str(uuid.uuid1()) for _ in range(40)]
+    send_requests(sqs, queues.request, widget_ids)
+    real_send = sqs.send_message_batch
+
+    def responses_fail(**kwargs: Any) -> Any:
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+
+    monkeypatch.setattr(sqs, "send_message_batch", responses_fail)
+    consumer = Consumer(sqs, queues, Settings(maker_url=maker_url, wait_time=0, workers=2))
+    consumer.start()
+    try:
+        run_until(lambda: consumer.outbox.behind())
+        run_until(lambda: any("settling_behind" in r.getMessage() for r in caplog.records))
+        receives = consumer.receiver.receives
+        made = consumer.counts[OK]
+        time.sleep(1)  # receiving stays paused: no receive, nothing more made
+        assert (consumer.receiver.receives, consumer.counts[OK]) == (receives, made)
+        assert made <= 5 + consumer.dispatcher.capacity
+        monkeypatch.setattr(sqs, "send_message_batch", real_send)
+        run_until(lambda: consumer.counts[OK] >= 40 and consumer.outbox.pending() == 0, timeout=20)
+    finally:
+        consumer.stop()
+        consumer.join(grace=1)
+    assert {r["WidgetId"] for r in all_bodies(sqs, queues.response)} == set(widget_ids)
+    # Logged when it starts and when it ends (with so low a bound, normal work crosses it again).
+    lines = [r.getMessage()[:16] for r in caplog.records if "settling_" in r.getMessage()]
+    assert lines[:2] == ["settling_behind:", "settling_caught_"]
+    assert (
+        lines == ["settling_behind:", "settling_caught_"] * (len(lines) // 2) + lines[len(lines) // 2 * 2 :]
+    )
+    assert lines[len(lines) // 2 * 2 :] in ([], ["settling_behind:"])
 
 
 def test_a_message_the_consumer_keeps_failing_on_ends_failed(

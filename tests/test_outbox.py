@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 import time
@@ -10,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from botocore.exceptions import ReadTimeoutError
+from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
 
 from tests.test_breaker import FakeClock
 from tests.test_consumer import depth, received, run_until
@@ -18,7 +19,7 @@ from tests.test_fifo import take_all
 from widgets import outbox as outbox_module
 from widgets.messages import Received
 from widgets.outbox import MAX_UNSETTLED, MAX_UNSETTLED_AGE, Outbox
-from widgets.sqs import QueueUrls, create_queue
+from widgets.sqs import MAX_OUTAGE_BACKOFF, OutageLog, QueueUrls, create_queue
 
 
 class SlowSQS:
@@ -169,11 +170,23 @@ def test_settling_behind_by_count_or_by_age(
     assert outbox.behind()
     assert outbox.flush() == 0
     assert not outbox.behind()
-    monkeypatch.setattr(outbox_module, "MAX_UNSETTLED", 2)
-    for message in received(sqs, queues.request, 3):
+    monkeypatch.setattr(outbox_module, "MAX_UNSETTLED", 4)
+    messages = received(sqs, queues.request, 5)
+    for message in messages:
+        outbox.change_visibility(message, 30)
+    assert outbox.pending() == 5
+    assert outbox.behind()
+    outbox.change_visibility(messages[0], 30)
+    outbox.change_visibility(messages[1], 30)
+    outbox.flush()
+    for message in messages[:3]:
         outbox.change_visibility(message, 30)
     assert outbox.pending() == 3
-    assert outbox.behind()
+    assert outbox.behind()  # until caught up to half the bound
+    outbox.flush()
+    outbox.change_visibility(messages[0], 30)
+    outbox.change_visibility(messages[1], 30)
+    assert not outbox.behind()
     assert MAX_UNSETTLED >= 10 * 40  # over ten times what settling holds in normal work (module docstring)
 
 
@@ -195,3 +208,21 @@ def test_a_writes_done_waits_for_its_whole_chain(
     monkeypatch.setattr(sqs, "delete_message_batch", real_delete)
     assert outbox.flush() == 0
     assert len(settled) == 1 and settled[0] is not None
+
+
+def test_one_failed_call_is_retried_at_once_and_an_outage_logged_once(
+    sqs: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    outage = OutageLog(sqs, "receiving requests", random.Random(1))
+    error = EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+    assert outage.failed(error) == 0.0  # a reset or a throttle: no outage yet
+    assert outage.error is None
+    outage.recovered()
+    assert caplog.records == []
+    pauses = [outage.failed(error) for _ in range(8)]
+    assert pauses[0] == 0.0 and all(0 <= p <= MAX_OUTAGE_BACKOFF for p in pauses)
+    assert max(pauses[4:]) > 0.5  # backs off, with jitter
+    assert outage.error == "cannot reach SQS at https://sqs.us-east-1.amazonaws.com"
+    outage.recovered()
+    assert [r.getMessage().split(" ")[0] for r in caplog.records] == ["sqs_outage", "sqs_recovered"]

@@ -166,6 +166,7 @@ class Outbox:
         self._chains = itertools.count(1)
         self._closing = False
         self._stopped = False
+        self._behind = False
         self._failing_since: float | None = None  # first failed call since the last that worked
         self._outage = OutageLog(sqs, "writing responses, deletes and visibility changes")
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
@@ -308,8 +309,14 @@ class Outbox:
         return 0.0 if first is None else max(self.clock() - first, 0.0)
 
     def behind(self) -> bool:
-        """Tell whether settling lags too far behind to receive more (see MAX_UNSETTLED*)."""
-        return self.pending() > MAX_UNSETTLED or self.oldest() > MAX_UNSETTLED_AGE
+        """Tell whether settling lags too far behind to receive more (see MAX_UNSETTLED*).
+
+        Once behind, it stays so until it caught up to half of both bounds, so that receiving
+        does not stop and start again with every write confirmed near a bound.
+        """
+        share = 0.5 if self._behind else 1.0
+        self._behind = self.pending() > MAX_UNSETTLED * share or self.oldest() > MAX_UNSETTLED_AGE * share
+        return self._behind
 
     def failing_for(self) -> float:
         """Return how long the writes have failed without one call working (0: the last call worked)."""

@@ -140,6 +140,9 @@ class Receiver:
             wanted = self.dispatcher.wait_for_room(self.batch_size)
             if not wanted:
                 return
+            if self._held_back():  # settling fell behind while this thread waited for room
+                self.dispatcher.let_go(wanted)
+                continue
             allowed = self.breaker.allowance(wanted)
             if allowed < wanted:
                 self.dispatcher.let_go(wanted - allowed)
