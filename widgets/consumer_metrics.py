@@ -60,7 +60,7 @@ class ConsumerMetrics(Observer):
         )
         self.sqs_error_counts = Counter(
             "widget_consumer_sqs_errors",
-            "SQS calls that failed (after botocore's own retries), by operation and error.",
+            "SQS calls that failed (one attempt each; the consumer retries them), by operation and error.",
             ["operation", "error"],
             registry=self.registry,
         )
