@@ -70,12 +70,20 @@ def test_an_outage_five_retry_windows_long_fails_nothing(
     settings = Settings(
         maker_url=switchable.url, max_receives=2, retry_delay=1, wait_time=0, workers=4, visibility_timeout=5
     )
+    receives_started: list[float] = []
+    real_receive = sqs.receive_message
+
+    def receive(**kwargs: Any) -> Any:
+        receives_started.append(time.monotonic())
+        return real_receive(**kwargs)
+
+    sqs.receive_message = receive
     consumer = running(Consumer(sqs, queues, settings))
     try:
         run_until(lambda: consumer.breaker.state == "open")
-        receives_at_open = consumer.receiver.receives
+        opened = time.monotonic()  # a receive under way now may still end; none may start
         time.sleep(5 * settings.max_receives * settings.retry_delay)  # the outage
-        receives_in_outage = consumer.receiver.receives - receives_at_open
+        receives_in_outage = sum(started > opened for started in receives_started)
         switchable.up()
         run_until(lambda: consumer.counts[OK] == count, timeout=60)
     finally:
