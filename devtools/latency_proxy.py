@@ -1,11 +1,13 @@
-"""A TCP proxy on 127.0.0.1 that adds a fixed latency to every request, as a trip to Amazon SQS would.
+"""A TCP proxy on 127.0.0.1 that adds a latency to every request, as a trip to Amazon SQS would.
 
-Each chunk a client sends is held for the latency, then passed on to the server in the order it
-came (per connection); the answers come back at once. So every request/response exchange costs
+Each chunk a client sends is held for the latency (plus or minus a seeded random jitter, if
+asked), then passed on to the server in the order it came (per connection); the answers come
+back at once. With jitter, calls in flight at once on different connections may reach the
+server in another order than they were made, as on a real network. So every request/response exchange costs
 at least the latency, and connections in flight at once each wait on their own, as on a real
 network: throughput against it comes only from calls in flight together.
 
-    venv/bin/python -m devtools.latency_proxy --target http://127.0.0.1:9324 --latency-ms 20
+    venv/bin/python -m devtools.latency_proxy --target http://127.0.0.1:9324 --latency-ms 20 [--jitter-ms 5]
 
 prints "listening on http://127.0.0.1:PORT" once it accepts connections; SIGTERM or Ctrl-C stops it.
 Tests and the bench can also run it in a thread of their own process: LatencyProxy(...).start().
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import random
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -27,8 +30,12 @@ CHUNK = 64 * 1024
 CLOSED = None
 
 
-async def pipe_later(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, latency: float) -> None:
-    """Copy reader to writer, each chunk latency seconds after it arrived, in order."""
+async def pipe_later(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    latency: Callable[[], float],
+) -> None:
+    """Copy reader to writer, each chunk latency() seconds after it arrived (or after the one before)."""
     loop = asyncio.get_running_loop()
     line: asyncio.Queue[tuple[float, bytes | None]] = asyncio.Queue()
 
@@ -49,8 +56,8 @@ async def pipe_later(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     sender = asyncio.create_task(send())
     try:
         while chunk := await reader.read(CHUNK):
-            line.put_nowait((loop.time() + latency, chunk))
-        line.put_nowait((loop.time() + latency, CLOSED))
+            line.put_nowait((loop.time() + latency(), chunk))
+        line.put_nowait((loop.time() + latency(), CLOSED))
         await sender
     finally:
         sender.cancel()
@@ -66,12 +73,24 @@ async def pipe_now(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
 
 
 class LatencyProxy:
-    """Listens on 127.0.0.1 and forwards each connection to target, latency_ms later per chunk sent."""
+    """Listens on 127.0.0.1 and forwards each connection to target, latency_ms (+/- jitter_ms) later."""
 
-    def __init__(self, target_host: str, target_port: int, latency_ms: float, port: int = 0) -> None:
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        latency_ms: float,
+        port: int = 0,
+        jitter_ms: float = 0.0,
+        seed: int | None = None,
+    ) -> None:
         """Set up a proxy to target_host:target_port on 127.0.0.1:port (0: any free port)."""
+        if not 0 <= jitter_ms <= latency_ms:
+            raise ValueError("the jitter must be between 0 and the latency")
         self.target = (target_host, target_port)
         self.latency = latency_ms / 1000
+        self.jitter = jitter_ms / 1000
+        self._random = random.Random(seed)
         self.port = port
         self._loop: asyncio.AbstractEventLoop | None = None
         self._serving: asyncio.Task[None] | None = None
@@ -93,7 +112,7 @@ class LatencyProxy:
         try:
             server_reader, server_writer = await asyncio.open_connection(*self.target)
             pipes = [
-                asyncio.create_task(pipe_later(client_reader, server_writer, self.latency)),
+                asyncio.create_task(pipe_later(client_reader, server_writer, self.delay)),
                 asyncio.create_task(pipe_now(server_reader, client_writer)),
             ]
             # Both directions run until each side has closed, or until one of them fails.
@@ -108,6 +127,10 @@ class LatencyProxy:
                 if writer is not None:
                     writer.close()
             self._handlers.discard(handler)
+
+    def delay(self) -> float:
+        """Return how long to hold the next chunk: the latency, plus or minus the jitter."""
+        return self.latency + self._random.uniform(-self.jitter, self.jitter) if self.jitter else self.latency
 
     async def serve(self, on_ready: Callable[[], None] | None = None) -> None:
         """Accept connections until this task is cancelled; call on_ready once listening."""
@@ -198,15 +221,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--target", required=True, help="where to forward to, e.g. http://127.0.0.1:9324")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="added to every request (default 20)")
+    parser.add_argument("--jitter-ms", type=float, default=0.0, help="plus or minus, at random (default 0)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the jitter (default: random)")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
     args = parser.parse_args(argv)
     if args.latency_ms < 0:
         parser.error("--latency-ms must be at least 0")
+    if not 0 <= args.jitter_ms <= args.latency_ms:
+        parser.error("--jitter-ms must be between 0 and --latency-ms")
     try:
         host, port = parse_target(args.target)
     except ValueError as error:
         parser.error(str(error))
-    asyncio.run(serve_until_signal(LatencyProxy(host, port, args.latency_ms, args.port)))
+    proxy = LatencyProxy(host, port, args.latency_ms, args.port, args.jitter_ms, args.seed)
+    asyncio.run(serve_until_signal(proxy))
     return 0
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import boto3
 import pytest
 
+from devtools.latency_proxy import LatencyProxy, parse_target
 from devtools.stack import Process, run_script, start_consumer, start_maker, start_sqs
 from tests.conftest import ScriptedMaker
 from widget_producer import send_requests
@@ -47,10 +48,12 @@ class Stack:
         """Create the queues as the consumer would (again after a restart of the local SQS)."""
         return ensure_queues(self.client, REQUEST_QUEUE, RESPONSE_QUEUE, DEAD_LETTER_QUEUE, max_receives)
 
-    def consumer(self, *args: str, maker_url: str | None = None, name: str = "consumer") -> Process:
-        """Start a consumer with the fast timings plus args."""
+    def consumer(
+        self, *args: str, maker_url: str | None = None, name: str = "consumer", endpoint: str | None = None
+    ) -> Process:
+        """Start a consumer with the fast timings plus args (on endpoint, else the local SQS's)."""
         process = start_consumer(
-            self.endpoint, maker_url or f"{self.maker_base}/add", [*FAST, *args], name=name
+            endpoint or self.endpoint, maker_url or f"{self.maker_base}/add", [*FAST, *args], name=name
         )
         self.processes.append(process)
         return process
@@ -269,8 +272,12 @@ def test_fifo_groups_stay_in_order_through_an_outage_and_a_crash(
     stack: Stack = request.getfixturevalue("stack")
     urls = ensure_queues(stack.client, *FIFO_QUEUES, max_receives=3)
     names = ["--sqs-request-queue", FIFO_QUEUES[0], "--sqs-response-queue", FIFO_QUEUES[1]]
-    doomed = stack.consumer(*names, name="doomed")
-    survivor = stack.consumer(*names, name="survivor")
+    # The consumers' SQS calls take 20 +/- 5 ms, as across a network: calls in flight at once
+    # reach SQS in another order than they were made.
+    proxy = LatencyProxy(*parse_target(stack.endpoint), 20, jitter_ms=5, seed=1).start()
+    request.addfinalizer(proxy.stop)
+    doomed = stack.consumer(*names, name="doomed", endpoint=proxy.endpoint)
+    survivor = stack.consumer(*names, name="survivor", endpoint=proxy.endpoint)
     sent: dict[str, list[str]] = {}  # group -> widget ids in the order sent
     message_ids: dict[str, str] = {}  # message id -> widget id
     for group in ("g0", "g1", "g2", "g3", "g4"):

@@ -149,3 +149,15 @@ def test_a_target_without_a_port_is_refused() -> None:
     with pytest.raises(ValueError, match="HOST:PORT"):
         parse_target("http://127.0.0.1")
     assert parse_target("127.0.0.1:9324") == ("127.0.0.1", 9324)
+
+
+def test_jitter_spreads_the_latency_and_is_seeded() -> None:
+    """With jitter each chunk waits latency +/- jitter, drawn from a seeded generator."""
+    draws = [LatencyProxy("127.0.0.1", 1, 20, jitter_ms=5, seed=7).delay() for _ in range(2)]
+    proxy = LatencyProxy("127.0.0.1", 1, 20, jitter_ms=5, seed=7)
+    delays = [proxy.delay() for _ in range(200)]
+    assert delays[0] == draws[0] == draws[1]
+    assert all(0.015 <= d <= 0.025 for d in delays)
+    assert max(delays) - min(delays) > 0.008
+    with pytest.raises(ValueError, match="jitter"):
+        LatencyProxy("127.0.0.1", 1, 20, jitter_ms=25)
