@@ -1313,18 +1313,20 @@ def faults_checks(run: FaultsRun, fifo: bool) -> list[Check]:
         )
     )
 
-    # A dead letter is the consumer's copy (OriginalMessageId) or SQS's own redrive (same MessageId).
+    # A dead letter names its request by OriginalMessageId (the consumer's FAILED copy, or a copy it
+    # sent afresh that SQS's redrive then moved) or is the request itself, moved by SQS's redrive.
+    # Only the consumer's own FAILED copies carry a FailureReason.
     dead_ids = [
         m.get("MessageAttributes", {}).get("OriginalMessageId", {}).get("StringValue") or m["MessageId"]
         for m in run.dead
     ]
-    answered_dead = [m for m in dead_ids if statuses[m] & {OK, REJECTED}]
-    silent = sum(1 for m in run.dead if "OriginalMessageId" not in m.get("MessageAttributes", {}))
+    answered_dead = {m for m in dead_ids if statuses[m] & {OK, REJECTED}}
+    silent = sum(1 for m in run.dead if "FailureReason" not in m.get("MessageAttributes", {}))
     checks.append(
         Check(
             "answered requests in the dead-letter queue",
             "0",
-            f"{len(answered_dead)} (dead letters: {len(run.dead)}, {silent} moved by SQS's redrive)",
+            f"{len(answered_dead)} (dead letters: {len(run.dead)}, {silent} without FailureReason)",
             not answered_dead,
         )
     )
@@ -1447,6 +1449,8 @@ def test_sqs_faults(size: FaultsSize, queues: str, sqs_kind: str, tmp_path: Path
         (tmp_path / f"{process.name}.log").write_text(process.output() + "\n")
     with (tmp_path / "sent.jsonl").open("w") as out:
         out.writelines(json.dumps(vars(r)) + "\n" for r in run.sent)
+    with (tmp_path / "dead.jsonl").open("w") as out:
+        out.writelines(json.dumps(message) + "\n" for message in run.dead)
     with (tmp_path / "responses.jsonl").open("w") as out:
         out.writelines(json.dumps({"at": at, **response}) + "\n" for at, response in run.responses)
     checks = faults_checks(run, queues == "fifo")
