@@ -59,7 +59,7 @@ test: all  ## the whole test suite, in TEST_WORKERS (3) processes; a worker done
 	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist worksteal $(ARGS)
 
 chaos: export CHAOS_SIZE := full
-chaos: all  ## the full chaos test: faults injected while 350 requests flow
+chaos: all  ## the full chaos test: maker and consumer faults while 350 requests flow; SQS faults (fault proxy, outage) while 1,000 do
 	$(PYTHON) -m pytest tests/test_chaos.py -s $(ARGS)
 
 bench: all  ## throughput from the same depth (N=500): raw SQS, the consumer (with metrics, with 20 ms SQS latency), the seed's loop; ARGS="--sqs-latency-ms 0"

@@ -261,6 +261,19 @@ def start_latency_proxy(
     return process, endpoint
 
 
+def start_fault_proxy(
+    target: str, args: Sequence[str] = (), echo: Callable[[str, str], None] | None = None
+) -> tuple[Process, str]:
+    """Start devtools.fault_proxy in front of target with its options (args); return it and its endpoint URL.
+
+    SIGUSR1 and SIGUSR2 start and end an outage (Process.signal), SIGTERM stops it.
+    """
+    argv = [PYTHON, "-m", "devtools.fault_proxy", "--target", target, *args]
+    process = Process("fault-proxy", argv, echo=echo)
+    endpoint = process.wait_for(r"listening on (http://127\.0\.0\.1:\d+)").group(1)
+    return process, endpoint
+
+
 def start_maker(
     db: str | Path,
     port: int | None = None,

@@ -12,6 +12,13 @@ dead-letter queue are checked against it, and the checks are printed as a table.
 
 `make test` runs the small size; `make chaos` (CHAOS_SIZE=full) runs the full one.
 
+test_sqs_faults is the SQS-faults phase (issue 15), on standard and FIFO queues: two consumers
+reach SQS through devtools.fault_proxy (5% each of 500s, throttles, resets before and after the
+call took effect, answers held past the read timeout), SQS goes away once (small: 7 s, full:
+20 s), a consumer is killed with SIGKILL and restarted; 150 requests (full: 980 valid, 20
+invalid). Only it: `make chaos ARGS="-k sqs_faults"`, or `venv/bin/python -m pytest
+tests/test_chaos.py -k sqs_faults -s` for the small size.
+
 Faults, all while requests flow: the maker stopped (SIGTERM) and restarted twice, the second
 outage two (full size: five) times --max-receives x --retry-delay long, which the breaker
 rides out; a consumer K killed with SIGKILL after the maker answered but before its SQS writes
@@ -44,6 +51,7 @@ garbage_bodies); until the consumer rejects it, "every request has a terminal ou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -61,8 +69,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
-from devtools.stack import Process, free_port, run_script, start_consumer, start_maker, start_sqs
+from devtools.fault_proxy import FAULTS
+from devtools.stack import (
+    Process,
+    free_port,
+    run_script,
+    start_consumer,
+    start_fault_proxy,
+    start_maker,
+    start_sqs,
+)
 from widgets.messages import FAILED, OK, REJECTED, new_widget_id, request_body
 from widgets.sqs import DEAD_LETTER_QUEUE, REQUEST_QUEUE, RESPONSE_QUEUE, SQSClient, make_client
 
@@ -314,7 +332,7 @@ def wait_line(processes: Sequence[Process], starts: Sequence[int], pattern: str,
     return False
 
 
-def wait_event(event: threading.Event, sender: Sender, timeout: float, what: str) -> None:
+def wait_event(event: threading.Event, sender: Sender | FaultsSender, timeout: float, what: str) -> None:
     """Wait for event, giving up when the sender failed or after timeout."""
     deadline = time.monotonic() + timeout
     while not event.wait(0.1):
@@ -885,3 +903,575 @@ def test_chaos(size: Size, sqs_kind: str, tmp_path: Path) -> None:
             print(f"{times:4d} x {line}")
     print(f"chaos ({size.name}, {sqs_kind}) took {time.monotonic() - started:.1f}s")
     assert not failed, f"chaos checks failed: {failed}"
+
+
+# The SQS-faults phase (issue 15): SQS itself misbehaves, as Amazon SQS and its network can.
+#
+# Two consumers reach SQS through devtools.fault_proxy, which answers 5% of their calls each with
+# 500 InternalFailure, with RequestThrottled, resets the connection before forwarding, forwards
+# and then resets (the call took effect, the consumer sees a failure), or holds the answer past
+# the consumer's read timeout (the call took effect, the consumer times out); SQS goes away once
+# for the size's outage_seconds; consumer B is killed with SIGKILL and restarted. The requests go
+# straight to SQS, not through the proxy: the truth is what SQS accepted, and a send reset after
+# it took effect would leave a request nobody knows the message id of. The responses are read
+# straight from SQS too, as they arrive, so each request's answer time is known.
+
+# The timings of the issue's run: a held call then stalls for the read timeout (--wait-time + 20 s).
+FAULTS_CONSUMER_ARGS = [
+    "--wait-time", "1", "--visibility-timeout", "5", "--retry-delay", "1",
+    "--max-receives", "3", "--http-timeout", "2",
+]  # fmt: skip
+FAULT_RATE = 0.05
+FAULT_SEED = 15
+# The calls a running consumer makes. Its start-up calls (CreateQueue, GetQueueAttributes, ...)
+# are left alone: a held one would only make a consumer start 21 s late, which is not under test.
+FAULTED_ACTIONS = [
+    "ReceiveMessage",
+    "SendMessage",
+    "SendMessageBatch",
+    "DeleteMessage",
+    "DeleteMessageBatch",
+    "ChangeMessageVisibility",
+    "ChangeMessageVisibilityBatch",
+]
+FIFO_GROUPS = 6
+# The issue's targets.
+DRAIN_TARGET = 60.0  # every request answered within this many seconds of the outage's end
+EXTRA_PER_REQUEST = 0.25  # extra responses per request, at most
+HEALTHY_WITHIN = 5.0  # /healthz 200 again within this many seconds of the outage's end
+RSS_LIMIT_MB = 100.0  # each consumer's resident memory (the issue measured under 65 MB)
+
+
+@dataclass(frozen=True)
+class FaultsSize:
+    """How many requests the SQS-faults phase sends, how long SQS is away, and how long to wait."""
+
+    name: str
+    valid: int
+    invalid: int
+    outage_seconds: float
+    send_seconds: float  # the requests are spread over this long, the outage in their middle
+    drain_wait: float  # how long after the outage's end to wait for every answer (>= DRAIN_TARGET)
+    time_limit: float
+
+
+FAULTS_SIZES = {
+    # 7 s, not the issue's 20 s, keeps the small run within a minute when the consumer keeps up;
+    # it still outlasts botocore's retries of a call (so the errors reach the consumer's loops and
+    # /healthz) and the 5 s visibility timeout (so requests held at its start come back).
+    "small": FaultsSize("small", 140, 10, 7, 12, DRAIN_TARGET, 200),
+    "full": FaultsSize("full", 980, 20, 20, 50, 240, 900),
+}
+FAULTS_SIZE = FAULTS_SIZES[CHAOS_SIZE]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request SQS accepted: its place in the run, message id, widget id, group and kind."""
+
+    index: int
+    message_id: str
+    widget_id: str
+    valid: bool
+    group: str | None
+
+
+class FaultsSender:
+    """Sends the requests straight to SQS, at a steady pace, from a thread; events mark its progress."""
+
+    def __init__(self, sqs: SQSClient, url: str, size: FaultsSize, fifo: bool, clock: Clock) -> None:
+        """Plan the requests: the invalid ones spread evenly among the valid ones."""
+        total = size.valid + size.invalid
+        bad = {round((i + 0.5) * total / size.invalid) for i in range(size.invalid)}
+        invalid = iter(widget_id for _, widget_id in invalid_ids(size.invalid))
+        self.plan = [(next(invalid), False) if i in bad else (new_widget_id(), True) for i in range(total)]
+        self.sqs, self.url, self.fifo, self.clock = sqs, url, fifo, clock
+        self.pace = size.send_seconds / total
+        self.sent: list[Request] = []
+        self.quarter, self.half, self.done, self.abort = (threading.Event() for _ in range(4))
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, name="faults-sender", daemon=True)
+
+    def _entry(self, index: int, widget_id: str) -> dict[str, Any]:
+        """Return the batch entry of request index; on FIFO queues with its group and a unique dedup id."""
+        entry: dict[str, Any] = {"Id": str(index), "MessageBody": request_body(widget_id)}
+        if self.fifo:
+            entry["MessageGroupId"] = f"group-{index % FIFO_GROUPS}"
+            entry["MessageDeduplicationId"] = uuid.uuid4().hex
+        return entry
+
+    def _run(self) -> None:
+        """Send the plan in batches of ten, each when its time comes; record any error."""
+        started = time.monotonic()
+        try:
+            for first in range(0, len(self.plan), 10):
+                if self.abort.wait(max(0.0, started + first * self.pace - time.monotonic())):
+                    return
+                batch = range(first, min(first + 10, len(self.plan)))
+                answer = self.sqs.send_message_batch(
+                    QueueUrl=self.url, Entries=[self._entry(i, self.plan[i][0]) for i in batch]
+                )
+                if answer.get("Failed"):
+                    raise RuntimeError(f"SQS refused requests: {answer['Failed']}")
+                ids = {int(e["Id"]): e["MessageId"] for e in answer["Successful"]}
+                for i in batch:
+                    group = f"group-{i % FIFO_GROUPS}" if self.fifo else None
+                    self.sent.append(Request(i, ids[i], self.plan[i][0], self.plan[i][1], group))
+                if len(self.sent) >= len(self.plan) / 4:
+                    self.quarter.set()
+                if len(self.sent) >= len(self.plan) / 2:
+                    self.half.set()
+            self.clock.say(f"sender: all {len(self.sent)} requests sent")
+        except Exception as exc:
+            self.errors.append(exc)
+        finally:
+            self.done.set()
+
+
+class Collector:
+    """Receives and deletes the responses straight from SQS as they arrive, noting when each came."""
+
+    def __init__(self, sqs: SQSClient, url: str) -> None:
+        """Collect from the response queue at url once started."""
+        self.sqs, self.url = sqs, url
+        self.responses: list[tuple[float, dict[str, Any]]] = []
+        self.stopping = threading.Event()
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, name="collector", daemon=True)
+
+    def _run(self) -> None:
+        """Receive until stopped and three receives in a row found nothing."""
+        empty = 0
+        try:
+            while not (self.stopping.is_set() and empty >= 3):
+                batch = self.sqs.receive_message(
+                    QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=1, VisibilityTimeout=600
+                ).get("Messages", [])
+                now = time.monotonic()
+                for message in batch:
+                    try:
+                        self.responses.append((now, json.loads(message["Body"])))
+                    except ValueError:
+                        self.responses.append((now, {}))
+                if batch:
+                    self.sqs.delete_message_batch(
+                        QueueUrl=self.url,
+                        Entries=[
+                            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)
+                        ],
+                    )
+                empty = 0 if batch else empty + 1
+        except Exception as exc:
+            self.errors.append(exc)
+
+    def first_answers(self) -> dict[str, float]:
+        """Return when each request's first response came, by its message id."""
+        first: dict[str, float] = {}
+        for at, response in list(self.responses):
+            first.setdefault(str(response.get("MessageId")), at)
+        return first
+
+    def stop(self) -> None:
+        """Stop once the queue is empty; wait for the thread."""
+        self.stopping.set()
+        self.thread.join(60)
+
+
+class Monitor:
+    """Samples a consumer's /healthz and every consumer's resident memory, four times a second."""
+
+    def __init__(self, health_url: str) -> None:
+        """Watch health_url; consumers are added with watch()."""
+        self.health_url = health_url
+        self.health: list[tuple[float, int | None]] = []
+        self.rss_mb: Counter[str] = Counter()  # the most seen per consumer
+        self.processes: list[Process] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="monitor", daemon=True)
+
+    def watch(self, process: Process) -> None:
+        """Sample this process's memory too."""
+        self.processes.append(process)
+
+    def _run(self) -> None:
+        """Sample until stopped."""
+        while not self.stopping.wait(0.25):
+            try:
+                status: int | None = requests.get(self.health_url, timeout=1).status_code
+            except requests.RequestException:
+                status = None
+            self.health.append((time.monotonic(), status))
+            for process in list(self.processes):
+                with contextlib.suppress(OSError):
+                    text = Path(f"/proc/{process.popen.pid}/status").read_text()
+                    if match := re.search(r"^VmRSS:\s+(\d+) kB", text, re.M):
+                        self.rss_mb[process.name] = max(self.rss_mb[process.name], int(match.group(1)) / 1024)
+
+    def stop(self) -> None:
+        """Stop sampling."""
+        self.stopping.set()
+        self.thread.join(5)
+
+
+def wait_until(condition: Callable[[], bool], deadline: float, pause: float = 0.25) -> bool:
+    """Wait until condition() holds or time.monotonic() passes deadline; return whether it held."""
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(pause)
+    return True
+
+
+def stop_together(processes: Sequence[Process], timeout: float = 15.0) -> dict[str, int]:
+    """Send SIGTERM to every process at once (one signal each: a second one means "exit now"), wait
+    for each, SIGKILL any still running after timeout; return the exit codes by name."""
+    for process in processes:
+        process.signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.popen.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return {process.name: process.popen.returncode for process in processes}
+
+
+@dataclass
+class FaultsRun:
+    """What one SQS-faults run observed, for the checks."""
+
+    sent: list[Request]
+    responses: list[tuple[float, dict[str, Any]]]
+    dead: list[dict[str, Any]]
+    rows: list[tuple[str]]
+    outage: tuple[float, float]
+    health: list[tuple[float, int | None]]
+    rss_mb: Counter[str]
+    drained_at: float | None
+    final_counts: tuple[int, int]
+    proxy_summary: dict[str, Any]
+    end_codes: dict[str, int]
+    outcomes_logged: int  # outcomes the consumers decided (and logged), repeats included
+
+
+def run_sqs_faults(size: FaultsSize, tmp: Path, sqs_kind: str, fifo: bool, stack: Stack) -> FaultsRun:
+    """Run the SQS-faults scenario; return what it observed. The caller stops the stack."""
+    clock = Clock()
+    threads: list[Any] = []
+    try:
+        sqs_process, endpoint = start_sqs(kind=sqs_kind)
+        stack.add(sqs_process)
+        maker, base = start_maker(tmp / "widgets.db")
+        stack.add(maker)
+        rates = [arg for fault in FAULTS for arg in (f"--{fault}", str(FAULT_RATE))]
+        proxy_args = ["--seed", str(FAULT_SEED), *rates, "--actions", ",".join(FAULTED_ACTIONS)]
+        proxy, proxy_url = start_fault_proxy(endpoint, proxy_args)
+        stack.add(proxy)
+        queue_args = (
+            ["--sqs-request-queue", REQUEST_QUEUE + ".fifo", "--sqs-response-queue", RESPONSE_QUEUE + ".fifo"]
+            if fifo
+            else []
+        )
+        args = [*FAULTS_CONSUMER_ARGS, *queue_args]
+        metrics_port = free_port()
+        maker_url = f"{base}/add"
+        first = stack.add(
+            start_consumer(
+                proxy_url, maker_url, [*args, "--metrics-port", str(metrics_port)], name="consumer-A"
+            )
+        )
+        second = stack.add(start_consumer(proxy_url, maker_url, args, name="consumer-B"))
+        direct = sqs_client(endpoint)
+        suffix = ".fifo" if fifo else ""
+        request_url = direct.get_queue_url(QueueName=REQUEST_QUEUE + suffix)["QueueUrl"]
+        response_url = direct.get_queue_url(QueueName=RESPONSE_QUEUE + suffix)["QueueUrl"]
+        dead_url = direct.get_queue_url(QueueName=DEAD_LETTER_QUEUE + suffix)["QueueUrl"]
+        clock.say(
+            f"started: sqs ({sqs_kind}) {endpoint}, fault proxy {proxy_url} ({FAULT_RATE:g} of each fault, "
+            f"seed {FAULT_SEED}), maker {base}, consumers A and B ({' '.join(args)})"
+        )
+
+        monitor = Monitor(f"http://127.0.0.1:{metrics_port}/healthz")
+        collector = Collector(sqs_client(endpoint), response_url)
+        sender = FaultsSender(sqs_client(endpoint), request_url, size, fifo, clock)
+        threads += [monitor, collector, sender]
+        for process in (first, second):
+            monitor.watch(process)
+        for thread in (monitor, collector, sender):
+            thread.thread.start()
+
+        wait_event(sender.quarter, sender, 60, "a quarter of the requests sent")
+        wait_line([second], [0], r" message_id=", 20)  # B surely holds or has handled requests
+        second.kill()
+        second = stack.add(start_consumer(proxy_url, maker_url, args, name="consumer-B2"))
+        monitor.watch(second)
+        clock.say("consumer B killed with SIGKILL; B2 started")
+
+        wait_event(sender.half, sender, 60, "half of the requests sent")
+        seen = len(proxy.lines)
+        proxy.signal(signal.SIGUSR1)
+        proxy.wait_for(r"^outage on$", start=seen)
+        outage_start = time.monotonic()
+        clock.say(f"SQS outage: on for {size.outage_seconds:g}s")
+        time.sleep(size.outage_seconds)  # the outage itself: its length is the scenario
+        proxy.signal(signal.SIGUSR2)
+        proxy.wait_for(r"^outage off$", start=seen)
+        outage_end = time.monotonic()
+        clock.say("SQS outage: off")
+
+        wait_event(sender.done, sender, 120, "the end of sending")
+        if sender.errors:
+            raise RuntimeError("the sender failed") from sender.errors[0]
+        deadline = outage_end + size.drain_wait
+        answered = wait_until(
+            lambda: (
+                len(collector.first_answers().keys() & {r.message_id for r in sender.sent})
+                == len(sender.sent)
+            ),
+            deadline,
+        )
+        clock.say(f"every request answered: {answered}; waiting for the request queue to drain")
+        drained = wait_until(
+            lambda: queue_counts(direct, request_url) == (0, 0), max(deadline, time.monotonic() + 10), 0.5
+        )
+        drained_at = time.monotonic() if drained else None
+        final_counts = queue_counts(direct, request_url)
+        clock.say(f"request queue: {final_counts[0]} visible, {final_counts[1]} in flight")
+        monitor.stop()
+        end_codes = stop_together([first, second])
+        proxy.stop()
+        summary = json.loads(proxy.wait_for(r"^summary (.*)$").group(1))
+        clock.say(f"consumers stopped: {end_codes}; proxy stopped")
+        collector.stop()
+        if collector.errors:
+            raise RuntimeError("the collector failed") from collector.errors[0]
+        dead = receive_all(direct, dead_url)
+        with closing(sqlite3.connect(tmp / "widgets.db")) as connection:
+            rows = connection.execute("SELECT widget_id FROM widgets").fetchall()
+        return FaultsRun(
+            sender.sent,
+            collector.responses,
+            dead,
+            rows,
+            (outage_start, outage_end),
+            monitor.health,
+            monitor.rss_mb,
+            drained_at,
+            final_counts,
+            summary,
+            end_codes,
+            sum(len(new_lines(p, 0, r" (OK|REJECTED|FAILED) message_id=")) for p in stack.processes),
+        )
+    finally:
+        for thread in threads:
+            for name in ("abort", "stopping"):
+                if isinstance(getattr(thread, name, None), threading.Event):
+                    getattr(thread, name).set()
+
+
+def faults_checks(run: FaultsRun, fifo: bool) -> list[Check]:
+    """Compare what the SQS-faults run sent with its responses, the dead-letter queue and the maker."""
+    checks: list[Check] = []
+    by_id = {r.message_id: r for r in run.sent}
+    statuses: dict[str, set[str]] = defaultdict(set)
+    first: dict[str, float] = {}
+    copies: Counter[str] = Counter()
+    order: dict[str, list[int]] = defaultdict(list)  # per group, the requests in answer order
+    for at, response in run.responses:
+        message_id = str(response.get("MessageId"))
+        statuses[message_id].add(str(response.get("Status")))
+        copies[message_id] += 1
+        if message_id not in first:
+            first[message_id] = at
+            if message_id in by_id and by_id[message_id].group is not None:
+                order[str(by_id[message_id].group)].append(by_id[message_id].index)
+    valid = [r for r in run.sent if r.valid]
+    invalid = [r for r in run.sent if not r.valid]
+
+    lost = [r for r in valid if OK not in statuses[r.message_id]]
+    checks.append(Check("lost: valid requests without an OK response", "0", str(len(lost)), not lost))
+    failed = [r for r in valid if FAILED in statuses[r.message_id]]
+    checks.append(Check("valid requests FAILED", "0", str(len(failed)), not failed))
+    rejected = [r for r in invalid if statuses[r.message_id] == {REJECTED}]
+    checks.append(
+        Check(
+            "invalid requests REJECTED (only)",
+            str(len(invalid)),
+            str(len(rejected)),
+            len(rejected) == len(invalid),
+        )
+    )
+    rows = Counter(row[0] for row in run.rows)
+    twice = [r for r in valid if rows[r.widget_id] > 1]
+    unasked = set(rows) - {r.widget_id for r in valid}
+    checks.append(
+        Check(
+            "duplicate widgets (maker rows > 1), widgets not asked for",
+            "0, 0",
+            f"{len(twice)}, {len(unasked)}",
+            not twice and not unasked,
+        )
+    )
+
+    # A dead letter names its request by OriginalMessageId (the consumer's FAILED copy, or a copy it
+    # sent afresh that SQS's redrive then moved) or is the request itself, moved by SQS's redrive.
+    # Only the consumer's own FAILED copies carry a FailureReason.
+    dead_ids = [
+        m.get("MessageAttributes", {}).get("OriginalMessageId", {}).get("StringValue") or m["MessageId"]
+        for m in run.dead
+    ]
+    answered_dead = {m for m in dead_ids if statuses[m] & {OK, REJECTED}}
+    silent = sum(1 for m in run.dead if "FailureReason" not in m.get("MessageAttributes", {}))
+    checks.append(
+        Check(
+            "answered requests in the dead-letter queue",
+            "0",
+            f"{len(answered_dead)} (dead letters: {len(run.dead)}, {silent} without FailureReason)",
+            not answered_dead,
+        )
+    )
+    extra = sum(copies.values()) - len(copies)
+    per_request = extra / len(run.sent)
+    most = max(copies.values(), default=0)
+    checks.append(
+        Check(
+            "extra responses per request",
+            f"<= {EXTRA_PER_REQUEST:g}",
+            f"{per_request:.2f} ({extra} extra, up to {most} for one request)",
+            per_request <= EXTRA_PER_REQUEST,
+        )
+    )
+    checks.append(
+        Check(
+            "outcomes the consumers decided, per request (report)",
+            "-",
+            f"{run.outcomes_logged / len(run.sent):.2f} ({run.outcomes_logged} for {len(run.sent)})",
+            True,
+        )
+    )
+    outage_start, outage_end = run.outage
+    unanswered = [r for r in run.sent if r.message_id not in first]
+    drain = (
+        max((first[r.message_id] for r in run.sent if r.message_id in first), default=outage_end) - outage_end
+    )
+    checks.append(
+        Check(
+            "every request answered, seconds after the outage's end",
+            f"<= {DRAIN_TARGET:g}s",
+            f"{drain:.1f}s" + (f", {len(unanswered)} never answered" if unanswered else ""),
+            not unanswered and drain <= DRAIN_TARGET,
+        )
+    )
+    drained = (
+        "not drained" if run.drained_at is None else f"{run.drained_at - outage_end:.1f}s after the outage"
+    )
+    checks.append(
+        Check(
+            "request queue drained (visible, in flight)",
+            "0, 0",
+            f"{run.final_counts[0]}, {run.final_counts[1]} ({drained})",
+            run.final_counts == (0, 0),
+        )
+    )
+    most_rss = max(run.rss_mb.values(), default=0.0)
+    checks.append(
+        Check(
+            "consumers' max RSS",
+            f"<= {RSS_LIMIT_MB:g} MB",
+            ", ".join(f"{name} {mb:.0f} MB" for name, mb in sorted(run.rss_mb.items())),
+            0 < most_rss <= RSS_LIMIT_MB,
+        )
+    )
+    unhealthy = [at for at, status in run.health if outage_start <= at <= outage_end and status == 503]
+    checks.append(
+        Check(
+            "/healthz 503 during the outage",
+            "yes",
+            f"after {unhealthy[0] - outage_start:.1f}s" if unhealthy else "never",
+            bool(unhealthy),
+        )
+    )
+    healthy = [at for at, status in run.health if at > outage_end and status == 200]
+    since = healthy[0] - outage_end if healthy else None
+    checks.append(
+        Check(
+            "/healthz 200 after the outage",
+            f"<= {HEALTHY_WITHIN:g}s",
+            "never" if since is None else f"after {since:.1f}s",
+            since is not None and since <= HEALTHY_WITHIN,
+        )
+    )
+    flaps = sum(1 for at, status in run.health if status != 200 and not outage_start <= at <= outage_end + 1)
+    checks.append(Check("/healthz samples not 200 outside the outage (report)", "-", str(flaps), True))
+    if fifo:
+        disordered = {g: seq for g, seq in order.items() if seq != sorted(seq)}
+        example = None
+        for group, seq in disordered.items():  # the first one, around its first step back
+            back = next(k for k in range(1, len(seq)) if seq[k] < seq[k - 1])
+            example = (group, seq[max(0, back - 3) : back + 3])
+            break
+        checks.append(
+            Check(
+                "FIFO: each group's responses in the order sent",
+                f"{len(order)} of {len(order)} groups",
+                f"{len(order) - len(disordered)} of {len(order)}"
+                + (f"; {example[0]}: ...{', '.join(map(str, example[1]))}..." if example else ""),
+                not disordered,
+            )
+        )
+    faults: Counter[str] = Counter()
+    for by_fault in run.proxy_summary["faults"].values():
+        faults.update(by_fault)
+    calls = sum(run.proxy_summary["calls"].values())
+    checks.append(
+        Check("calls through the proxy, faulted (report)", "-", f"{calls}, {sum(faults.values())}", True)
+    )
+    checks.append(Check("consumers' exit codes at the end (report)", "-", str(run.end_codes), True))
+    return checks
+
+
+@pytest.mark.parametrize(
+    "size",
+    [pytest.param(FAULTS_SIZE, id=FAULTS_SIZE.name, marks=pytest.mark.timeout(FAULTS_SIZE.time_limit))],
+)
+@pytest.mark.parametrize("queues", ["standard", "fifo"])
+def test_sqs_faults(size: FaultsSize, queues: str, sqs_kind: str, tmp_path: Path) -> None:
+    """SQS answers 500s and throttles, resets, holds calls and goes away: nothing lost, made twice,
+    answered and dead-lettered, and every request answered soon after SQS comes back."""
+    started = time.monotonic()
+    stack = Stack()
+    try:
+        run = run_sqs_faults(size, tmp_path, sqs_kind, queues == "fifo", stack)
+    finally:
+        stack.stop_all()
+    # For a closer look: pytest keeps the last runs' tmp_path.
+    for process in stack.processes:
+        (tmp_path / f"{process.name}.log").write_text(process.output() + "\n")
+    with (tmp_path / "sent.jsonl").open("w") as out:
+        out.writelines(json.dumps(vars(r)) + "\n" for r in run.sent)
+    with (tmp_path / "dead.jsonl").open("w") as out:
+        out.writelines(json.dumps(message) + "\n" for message in run.dead)
+    with (tmp_path / "responses.jsonl").open("w") as out:
+        out.writelines(json.dumps({"at": at, **response}) + "\n" for at, response in run.responses)
+    checks = faults_checks(run, queues == "fifo")
+    print(
+        f"\nSQS faults ({size.name}, {queues}, {sqs_kind}): {len(run.sent)} requests, "
+        f"{len(run.responses)} responses, {len(run.dead)} dead letters; logs in {tmp_path}"
+    )
+    print(f"fault proxy: {json.dumps(run.proxy_summary)}")
+    print_table(checks)
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        seen: Counter[str] = Counter()
+        for line in stack.log_lines(r"WARNING|ERROR|Error:|Exception"):
+            seen[
+                re.sub(
+                    r"^(\S+: )\d{4}-\d\d-\d\d [\d:,]+ ",
+                    r"\1",
+                    re.sub(r"message_id=\S+", "message_id=…", line),
+                )
+            ] += 1
+        for line, times in seen.most_common(25):
+            print(f"{times:5d} x {line}")
+    print(f"SQS faults ({size.name}, {queues}, {sqs_kind}) took {time.monotonic() - started:.1f}s")
+    assert not failed, f"SQS-faults checks failed: {failed}"
