@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from types import FrameType
 from urllib.parse import urlparse
 
+import boto3
 import click
 
 from widgets.breaker import Breaker
@@ -475,7 +476,8 @@ def main(
     endpoint = open_endpoint(settings)
     metrics = ConsumerMetrics() if endpoint is not None else None
     names = (sqs_request_queue, sqs_response_queue, dead_letter_queue)
-    setup = make_client(region, endpoint_url)
+    session = boto3.Session(region_name=region)
+    setup = make_client(region, endpoint_url, session=session)
     if create_queues:
         urls = ensure_queues(setup, *names, max_receives=max_receives)
     else:
@@ -488,6 +490,7 @@ def main(
         max_connections=RECEIVES_IN_FLIGHT + 1,
         read_timeout=wait_time + RECEIVE_TIMEOUT_MARGIN,
         attempts=CONSUMER_ATTEMPTS,
+        session=session,
     )
     timeout = write_timeout(visibility_timeout)
     writes = make_client(
@@ -497,6 +500,7 @@ def main(
         read_timeout=timeout,
         connect_timeout=timeout,
         attempts=CONSUMER_ATTEMPTS,
+        session=session,
     )
     consumer = Consumer(sqs, urls, settings, observer=metrics, writes=writes)
     warn_if_maker_is_down(consumer.maker)

@@ -1237,6 +1237,11 @@ def run_sqs_faults(size: FaultsSize, tmp: Path, sqs_kind: str, fifo: bool, stack
         drained_at = time.monotonic() if drained else None
         final_counts = queue_counts(direct, request_url)
         clock.say(f"request queue: {final_counts[0]} visible, {final_counts[1]} in flight")
+        # A drain faster than the health check's return must not cut its measure short.
+        wait_until(
+            lambda: any(at > outage_end and status == 200 for at, status in monitor.health),
+            outage_end + HEALTHY_WITHIN + 1,
+        )
         monitor.stop()
         end_codes = stop_together([first, second])
         proxy.stop()
@@ -1438,6 +1443,11 @@ def faults_checks(run: FaultsRun, fifo: bool) -> list[Check]:
 def test_sqs_faults(size: FaultsSize, queues: str, sqs_kind: str, tmp_path: Path) -> None:
     """SQS answers 500s and throttles, resets, holds calls and goes away: nothing lost, made twice,
     answered and dead-lettered, and every request answered soon after SQS comes back."""
+    if queues == "fifo" and sqs_kind == "moto":
+        pytest.skip(
+            "moto's server (5.2.5) breaks FIFO order itself: two receives polling at once split one "
+            "group between them, and a dead consumer's messages of a group come back last one first"
+        )
     started = time.monotonic()
     stack = Stack()
     try:

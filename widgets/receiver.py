@@ -32,6 +32,9 @@ IDLE_PAUSE = 0.2
 TRIALS_OUT_PAUSE = 0.05
 # Longest single sleep while waiting for a probe, so stop() is noticed quickly.
 LONGEST_NAP = 1.0
+# How long receives must fail, one after the other, before the health check says so: a second
+# failure in a row can be two throttles a few milliseconds apart, an outage lasts.
+FAILING_FOR = 0.5
 # How often a receiver held back by settling looks again.
 SETTLING_PAUSE = 0.05
 
@@ -101,8 +104,9 @@ class Receiver:
         return all(thread.is_alive() for thread in self._threads)
 
     def failing(self) -> str | None:
-        """Return why the last receive failed, or None if it worked."""
-        return self._outage.error
+        """Return why receives fail, once they have failed for FAILING_FOR; else None."""
+        error = self._outage.error
+        return error if error is not None and self._outage.lasted() >= FAILING_FOR else None
 
     def join(self, timeout: float) -> None:
         """Wait up to timeout for the receives in progress to end."""

@@ -8,6 +8,7 @@ import logging
 import random
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -178,13 +179,15 @@ def make_client(
     read_timeout: float = 40,
     connect_timeout: float = 3,
     attempts: int = TOOL_ATTEMPTS,
+    session: boto3.Session | None = None,
 ) -> SQSClient:
     """Build an SQS client: Amazon SQS when a region is given and no endpoint, else the local SQS.
 
     Only a region given on purpose (--region or AWS_REGION) selects Amazon; one that merely sits
-    in ~/.aws/config does not, so nobody reaches their AWS account by accident.
+    in ~/.aws/config does not, so nobody reaches their AWS account by accident. Clients built on
+    one session (of that region) share its loaded service model: 5 MB each otherwise.
     """
-    session = boto3.Session(region_name=region)
+    session = session or boto3.Session(region_name=region)
     if endpoint_url is None and region is None:
         endpoint_url = LOCAL_ENDPOINT
     if endpoint_url is not None:
@@ -350,6 +353,7 @@ class OutageLog:
         self.what = what
         self.failures = 0
         self.error: str | None = None  # what the last call's failure means, while an outage lasts
+        self.since: float | None = None  # time.monotonic() of the first failure in a row
         self._random = rng or random.Random()
         self._lock = threading.Lock()
 
@@ -358,6 +362,7 @@ class OutageLog:
         with self._lock:
             self.failures += 1
             if self.failures == 1:
+                self.since = time.monotonic()
                 return 0.0
             self.error = describe_error(error, self.sqs)
             if self.failures == 2:
@@ -373,6 +378,12 @@ class OutageLog:
                 log.info("sqs_recovered %s after %d failed calls", self.what, self.failures)
             self.failures = 0
             self.error = None
+            self.since = None
+
+    def lasted(self) -> float:
+        """Return how long the calls have failed without one working (0: the last one worked)."""
+        since = self.since
+        return 0.0 if since is None else time.monotonic() - since
 
 
 def watch_calls(
