@@ -47,12 +47,15 @@ INSERT = (
 # Connection settings the URL may leave out: how long a connection attempt may take (libpq's default
 # is forever), and the name pg_stat_activity shows for the maker's sessions.
 CONNECTION_DEFAULTS = {"connect_timeout": "5", "application_name": "widget_maker"}
-# How long a call waits for a pooled connection: in normal running one is free at once (the pool
-# holds one per maker thread); while the database is known down, only for one the pool has just
-# made again, so that requests and health probes are answered 503 at once, well inside the
-# consumer's HTTP timeout.
-CONNECTION_WAIT = 2.0
+# How long a call waits for a pooled connection: in normal running one is free at once, or made in
+# milliseconds; the wait is longer only when the database is going away, and a client then gets its
+# 503 well inside a consumer's HTTP timeout (10 s by default). Once the outage is known, a call
+# waits only for a connection the pool has just made again, so that requests and health probes are
+# answered 503 at once.
+CONNECTION_WAIT = 1.0
 OUTAGE_WAIT = 0.2
+# Connections kept open while idle (more are opened under load, up to one per maker thread).
+IDLE_CONNECTIONS = 4
 # psycopg_pool retries a lost connection after 1, 2, 4, 8 ... s, with no cap, for reconnect_timeout
 # (5 minutes by default): after a 10 s outage its next try may come 5 s late, after a minute, a
 # minute late. Giving up after 2 s leaves the retries to the calls (the consumer's health probes
@@ -101,11 +104,12 @@ class PostgresStore:
                     self._conninfo,
                     # autocommit: each statement is its own transaction, one round trip, no BEGIN.
                     kwargs={"autocommit": True},
-                    min_size=1,
+                    min_size=min(IDLE_CONNECTIONS, self._size),
                     max_size=self._size,
                     timeout=CONNECTION_WAIT,
                     reconnect_timeout=RECONNECT_GIVE_UP,
                     name="widget-store",
+                    open=True,
                 )
             return self._pool
 

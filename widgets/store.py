@@ -4,15 +4,18 @@ widgets/pg_store.py) for many makers on many hosts. Both answer the same interfa
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 # What a database URL starts with, as libpq accepts it; anything else is an SQLite file path.
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+# A password in a URL: scheme://user:PASSWORD@host... (an @ in it is written %40), or ?password=...
+USER_PASSWORD = re.compile(r"^(\w+://[^:/?#@]*):[^/?#@]*@")
+QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS widgets (
@@ -73,16 +76,10 @@ def open_store(db: str, connections: int = 16) -> Store:
 
 def masked_url(url: str) -> str:
     """Return a database URL fit for logs: its password, in the address or the query, as ***."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        user_info, host = netloc.rsplit("@", 1)
-        if ":" in user_info:
-            netloc = f"{user_info.split(':', 1)[0]}:***@{host}"
-    query = urlencode(
-        [(key, "***" if key == "password" else value) for key, value in parse_qsl(parts.query)], safe="*"
-    )
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    # Text substitution rather than parsing and rebuilding: the rest of the URL stays as given,
+    # even when malformed (its error message shows it).
+    url = USER_PASSWORD.sub(r"\1:***@", url, count=1)
+    return QUERY_PASSWORD.sub(r"\1***", url)
 
 
 def widget(widget_id: str, date_created: datetime | str, idempotency_key: str | None) -> dict[str, Any]:
