@@ -14,7 +14,7 @@ NODE_MODULES := $(if $(HAVE_NODE),node_modules/.installed)
 # endpoint the shell exports (AWS_REGION, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL...) is not passed on.
 LOCAL := env -u AWS_REGION -u AWS_DEFAULT_REGION -u AWS_ENDPOINT_URL -u AWS_ENDPOINT_URL_SQS
 
-.PHONY: all demo run sqs maker consumer produce status redrive responses test chaos bench lint lock clean
+.PHONY: all demo run sqs pg maker consumer produce status redrive responses test chaos bench lint lock clean
 
 all: $(VENV)/.installed $(NODE_MODULES)
 
@@ -31,11 +31,19 @@ node_modules/.installed: package.json package-lock.json
 demo: all  ## a one-minute guided tour on this machine
 	$(PYTHON) -m devtools.demo
 
-run: all  ## local SQS, maker and consumer together; Ctrl-C stops all three
+# make run DB=postgresql://...: the maker stores its widgets there (through the environment, so the
+# URL, password and all, is not on any command line).
+ifneq ($(DB),)
+run: export WIDGET_MAKER_DB := $(DB)
+endif
+run: all  ## local SQS, maker and consumer together; Ctrl-C stops all three; DB=postgresql://... for PostgreSQL
 	$(PYTHON) -m devtools.run
 
 sqs: all  ## the local SQS on 127.0.0.1:9324: fauxqs, else moto's server (WIDGETS_LOCAL_SQS=fauxqs|moto chooses)
 	$(PYTHON) -m devtools.local_sqs
+
+pg: all  ## a throwaway PostgreSQL on 127.0.0.1:5432 (as the postgres user when root); Ctrl-C stops and deletes it
+	$(PYTHON) -m devtools.postgres $(ARGS)
 
 maker: all  ## the widget maker on 127.0.0.1:5000
 	$(PYTHON) widget_maker.py $(ARGS)

@@ -10,6 +10,7 @@ import warnings
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from flask import Flask, Response, current_app, g, jsonify, render_template_string, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
@@ -17,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 from widgets.logs import FORMATS, LEVELS, configure_logging
 from widgets.maker_metrics import MakerMetrics
 from widgets.messages import is_valid_widget_id
-from widgets.store import WidgetStore
+from widgets.store import POSTGRES_SCHEMES, Store, StoreUnavailable, masked_url, open_store
 
 log = logging.getLogger("widget_maker")
 
@@ -32,6 +33,10 @@ MAX_BODY_BYTES = 16 * 1024
 # answer smaller than that (a widget's is about 300 bytes) in one send() once its request is
 # done and the lock is free.
 SEND_BYTES = 18000
+# Seconds a client should wait before trying again while the database does not answer (503): the
+# consumer's breaker then probes /healthz after that long, and the pool has connected again by the
+# first probe after the database is back.
+RETRY_AFTER_SECONDS = 1
 
 INDEX_TEMPLATE = """<!doctype html>
 <html lang="en">
@@ -68,9 +73,9 @@ td { font-family: ui-monospace, monospace; }
 """
 
 
-def store() -> WidgetStore:
+def store() -> Store:
     """Return the app's widget store."""
-    widget_store: WidgetStore = current_app.extensions["widget_store"]
+    widget_store: Store = current_app.extensions["widget_store"]
     return widget_store
 
 
@@ -127,14 +132,17 @@ def add_widget() -> ResponseReturnValue:
 
 def get_widget(widget_id: str) -> ResponseReturnValue:
     """Return a stored widget, or 404."""
-    widget = store().get(widget_id)
+    # Only valid ids were ever stored; anything else (a NUL byte, say, which PostgreSQL's text
+    # refuses) is not looked up.
+    widget = store().get(widget_id) if is_valid_widget_id(widget_id) else None
     if widget is None:
         return error(404, "no such widget")
     return jsonify(widget)
 
 
 def healthz() -> ResponseReturnValue:
-    """Answer that the maker is up."""
+    """Answer that the maker is up and its database answers (503, from store_unavailable, if not)."""
+    store().ping()
     return jsonify(status="ok")
 
 
@@ -168,18 +176,26 @@ def http_error(exception: HTTPException) -> ResponseReturnValue:
     return error(exception.code or 500, exception.description or exception.name)
 
 
+def store_unavailable(exception: StoreUnavailable) -> ResponseReturnValue:
+    """Answer 503 with Retry-After while the database does not answer (the store logs the outage once)."""
+    body = jsonify(error="the database does not answer; try again later", status=503)
+    return body, 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the widget maker app: defaults, then the environment, then test_config."""
     app = Flask(__name__)
     app.config.from_mapping(
         DATABASE=os.environ.get("WIDGET_MAKER_DB", "widgets.db"),
+        # Connections a PostgreSQL store may hold at once: one per request served at once.
+        DATABASE_CONNECTIONS=16,
         TOKEN=os.environ.get("WIDGET_MAKER_TOKEN") or None,
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         FAIL_WIDGET_IDS=frozenset(),
     )
     if test_config is not None:
         app.config.update(test_config)
-    app.extensions["widget_store"] = WidgetStore(app.config["DATABASE"])
+    app.extensions["widget_store"] = open_store(app.config["DATABASE"], app.config["DATABASE_CONNECTIONS"])
     app.extensions["widget_metrics"] = MakerMetrics()
     app.before_request(start_timer)
     app.after_request(count_request)
@@ -189,6 +205,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.add_url_rule("/metrics", view_func=metrics_page)
     app.add_url_rule("/", view_func=index)
     app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(StoreUnavailable, store_unavailable)
     return app
 
 
@@ -202,7 +219,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     envvar="WIDGET_MAKER_DB",
     default="widgets.db",
     show_default=True,
-    help="SQLite file the widgets are stored in.",
+    help="Where the widgets are stored: an SQLite file, or postgresql://USER@HOST:PORT/DBNAME "
+    "for PostgreSQL (shared by many makers).",
 )
 @click.option(
     "--threads", type=click.IntRange(1, 256), default=16, show_default=True, help="Requests served at once."
@@ -232,14 +250,33 @@ def main(
 
     Set WIDGET_MAKER_TOKEN to require "Authorization: Bearer <token>" on POST /add.
 
+    On PostgreSQL, give the password in PGPASSWORD or ~/.pgpass, or the whole URL in
+    WIDGET_MAKER_DB: never in --db, where ps shows it to every user. Logs mask it.
+
     \b
-    Example:
+    Examples:
         venv/bin/python widget_maker.py --port 5000 --db widgets.db
+        PGPASSWORD=... venv/bin/python widget_maker.py --db postgresql://widgets@db.example:5432/widgets
     """
     import waitress
 
     configure_logging(log_level, log_format)
-    app = create_app({"DATABASE": db, "FAIL_WIDGET_IDS": frozenset(fail_widget_id)})
+    # The store logs an outage once; the pool would add a line for every failed connection attempt.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    if db.startswith(POSTGRES_SCHEMES) and masked_url(db) != db:
+        source = click.get_current_context().get_parameter_source("db")
+        if source is ParameterSource.COMMANDLINE:
+            log.warning(
+                "the password in --db shows in ps; give it in PGPASSWORD, ~/.pgpass or WIDGET_MAKER_DB"
+            )
+    config = {"DATABASE": db, "DATABASE_CONNECTIONS": threads, "FAIL_WIDGET_IDS": frozenset(fail_widget_id)}
+    try:
+        app = create_app(config)
+    except StoreUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--db") from None
+    widget_store = app.extensions["widget_store"]
     try:
         with warnings.catch_warnings():
             # Deprecated, still honoured by the pinned waitress (a release without it would
@@ -247,12 +284,13 @@ def main(
             warnings.filterwarnings("ignore", "send_bytes", DeprecationWarning)
             server = waitress.create_server(app, host=host, port=port, threads=threads, send_bytes=SEND_BYTES)
     except OSError as exc:
+        widget_store.close()
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     log.info(
         "listening on http://%s:%s (db %s, token %s)",
         host,
         server.effective_port,
-        db,
+        widget_store.location,
         "required" if app.config["TOKEN"] else "not required",
     )
     try:
@@ -261,6 +299,7 @@ def main(
         pass
     finally:
         server.close()
+        widget_store.close()
     log.info("stopped")
 
 

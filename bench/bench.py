@@ -16,6 +16,11 @@ message of the queue), so only figures from the same depth compare. The drains:
    trip to Amazon SQS would; the consumer keeps its rate there only with calls in flight at once;
 4. one at a time: the 2015 seed's loop, on a sample of the first messages (it sleeps 2 s per poll).
 
+Then the maker on each store, where PostgreSQL's server programs are installed (a throwaway server
+of its own, default settings, durable): N new widgets POSTed straight to the maker by ten callers
+(no SQS) on SQLite, on PostgreSQL, and split over two makers on one PostgreSQL; and the consumer
+drain with the maker on PostgreSQL. PostgreSQL's CPU is that of all its processes.
+
 CPU figures are each process's own usage (user + system, all threads, from /proc/<pid>/stat)
 over the drain only, so startup is left out.
 """
@@ -23,6 +28,8 @@ over the drain only, so startup is left out.
 from __future__ import annotations
 
 import argparse
+import functools
+import http.client
 import json
 import os
 import re
@@ -30,12 +37,15 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
+from devtools.postgres import PostgresServer, server_version, unavailable_reason
 from devtools.stack import (
     Process,
     free_port,
@@ -61,6 +71,7 @@ TARGET_MAKER_CPU_MS = 1.0  # maker CPU ms per request during the consumer drain,
 TARGET_METRICS_CPU = 1.05  # consumer CPU per message with --metrics-port / without, at most (issue 11)
 TARGET_LATENCY_CONSUMER = 0.8  # consumer rate with the added SQS latency / without, at least (issue 8)
 SEED_SLEEP = 2.0  # seconds the seed slept after every poll
+CALLERS = 10  # callers posting straight to the maker(s): as many as the consumer has workers
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 OUTCOME_LINE = re.compile(r" (OK|REJECTED|FAILED) message_id=")
 
@@ -93,20 +104,33 @@ class Drain:
         }
 
 
+def stat_fields(pid: int) -> list[str]:
+    """Return the fields of /proc/<pid>/stat after the command name: state, parent, ... (man 5 proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """Return the user + system CPU seconds process pid (all its threads) has used so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
+    fields = stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def timed(name: str, depth: int, pids: dict[str, int], drain: Callable[[], int]) -> Drain:
-    """Run drain(), which returns how many messages it drained; time it and take each pid's CPU."""
-    before = {key: cpu_seconds(pid) for key, pid in pids.items()}
+def timed(
+    name: str,
+    depth: int,
+    pids: dict[str, int],
+    drain: Callable[[], int],
+    readers: dict[str, Callable[[], float]] | None = None,
+) -> Drain:
+    """Run drain(), which returns how many messages it drained; time it and take each pid's CPU
+    (and each reader's: a function returning CPU seconds used so far, for a figure of several processes)."""
+    sources = {key: functools.partial(cpu_seconds, pid) for key, pid in pids.items()} | (readers or {})
+    before = {key: read() for key, read in sources.items()}
     started = time.perf_counter()
     messages = drain()
     seconds = time.perf_counter() - started
-    cpu = {key: cpu_seconds(pid) - before[key] for key, pid in pids.items()}
+    cpu = {key: read() - before[key] for key, read in sources.items()}
     return Drain(name, depth, messages, seconds, cpu)
 
 
@@ -278,6 +302,7 @@ class Bench:
         self.drains: dict[str, Drain] = {}
         self.outcomes: dict[str, Counter[str]] = {}
         self.startup_cpu: dict[str, float] = {}
+        self.stores: dict[str, Any] = {}  # the maker on each store (measure_stores)
 
     def drain_here(
         self, name: str, drain: Callable[[QueueUrls], int], extra: dict[str, int] | None = None
@@ -290,15 +315,22 @@ class Bench:
         drop_queues(self.sqs, urls)
 
     def drain_consumer(
-        self, name: str, endpoint: str, args: Sequence[str] = (), extra: dict[str, int] | None = None
+        self,
+        name: str,
+        endpoint: str,
+        args: Sequence[str] = (),
+        extra: dict[str, int] | None = None,
+        maker_url: str | None = None,
+        readers: dict[str, Callable[[], float]] | None = None,
     ) -> None:
-        """Preload fresh queues, start a consumer on endpoint with args, time it until all are answered."""
+        """Preload fresh queues, start a consumer on endpoint with args, time it until all are answered
+        (calling maker_url, else the bench's maker; readers: more CPU figures, as timed() takes)."""
         names = queue_names(name)
         urls = fresh_queues(self.sqs, name)
         depth = preload(self.sqs, urls.request, self.count)
         queue_args = ["--sqs-request-queue", names[0], "--sqs-response-queue", names[1]]
         consumer = start_consumer(
-            endpoint, self.maker_url, [*queue_args, "--dead-letter-queue", names[2], *args]
+            endpoint, maker_url or self.maker_url, [*queue_args, "--dead-letter-queue", names[2], *args]
         )
         try:
             self.startup_cpu[name] = cpu_seconds(consumer.popen.pid)
@@ -308,6 +340,7 @@ class Bench:
                 depth,
                 {"client": consumer.popen.pid, **self.servers, **(extra or {})},
                 lambda: wait_for_outcomes(consumer, self.sqs, urls.response, self.count, outcomes),
+                readers,
             )
         finally:
             consumer.stop()
@@ -345,6 +378,7 @@ def run(count: int, sample: int, sqs_kind: str, latency_ms: float) -> dict[str, 
                 bench.drain_consumer("consumer_latency", slow_endpoint, extra=proxy_pid)
                 proxy.stop()
                 processes.remove(proxy)
+            bench.stores = measure_stores(bench, endpoint, maker_base)
             bench.drain_here("one_at_a_time", lambda urls: drain_one_at_a_time(sqs, urls, maker_url, sample))
         finally:
             for process in reversed(processes):
@@ -399,6 +433,7 @@ def figures_of(
         "consumer_cpu_seconds_per_1000": round(cpu_ms, 3),
         "maker_cpu_ms_per_request": round(maker_ms, 3),
         "producer": producer,
+        "stores": bench.stores,
         # None: not measured in this run (the consumer has no --metrics-port, or --sqs-latency-ms 0).
         "targets_met": {
             "consumer_raw": ratios["consumer_raw"] >= TARGET_CONSUMER_RAW,
@@ -488,8 +523,131 @@ def report(figures: dict[str, Any]) -> str:
         f"producer, {count} requests: --count (SendMessageBatch, {SEND_THREADS} threads) "
         f"{producer['batch_rate']:.1f} msg/s; one SendMessage per request {producer['single_rate']:.1f} "
         f"msg/s; {producer['ratio']:.2f}x",
+        "",
+        *stores_report(figures["stores"], count),
     ]
     return "\n".join(lines)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """Return the CPU seconds of a process and of its children, those running and those it has reaped."""
+    fields = stat_fields(pid)
+    ticks = sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            child = stat_fields(int(entry.name))
+        except OSError:  # gone meanwhile
+            continue
+        if int(child[1]) == pid:
+            ticks += int(child[11]) + int(child[12])
+    return ticks / CLOCK_TICKS
+
+
+def post_widgets(bases: Sequence[str], count: int, callers: int = CALLERS) -> int:
+    """POST count new widgets straight to the makers at bases, caller i to bases[i % len(bases)], each
+    caller on one kept-alive connection; return how many were made."""
+
+    def call(caller: int) -> int:
+        address = urlsplit(bases[caller % len(bases)])
+        connection = http.client.HTTPConnection(address.hostname or "127.0.0.1", address.port, timeout=30)
+        share = count // callers + (caller < count % callers)
+        try:
+            for _ in range(share):
+                body = json.dumps({"widget_id": new_widget_id()})
+                connection.request("POST", "/add", body, {"Content-Type": "application/json"})
+                answer = connection.getresponse()
+                answer.read()
+                if answer.status != 201:
+                    raise RuntimeError(f"maker at {bases[caller % len(bases)]} answered {answer.status}")
+        finally:
+            connection.close()
+        return share
+
+    with ThreadPoolExecutor(callers) as pool:
+        return sum(pool.map(call, range(callers)))
+
+
+def measure_stores(bench: Bench, endpoint: str, sqlite_base: str) -> dict[str, Any]:
+    """Time the maker on SQLite, on PostgreSQL, and two makers on one PostgreSQL, each from the same
+    callers, then the consumer drain with the maker on PostgreSQL; return the figures."""
+    reason = unavailable_reason()
+    if reason is not None:
+        return {"postgresql": None, "skipped": reason}
+    count, drains = bench.count, {}
+    server = PostgresServer()  # PostgreSQL's default settings: every commit waits for its fsync
+    makers: list[Process] = []
+    try:
+        server.start()
+        url = server.create_database("bench")
+        (first, first_base), (second, second_base) = start_maker(url), start_maker(url)
+        makers += [first, second]
+        postgres: dict[str, Callable[[], float]] = {
+            "postgres": functools.partial(tree_cpu_seconds, server.pid())
+        }
+        client = {"client": os.getpid()}
+        drains["maker_sqlite"] = timed(
+            "maker_sqlite", count, {**client, "makers": bench.servers["maker"]},
+            lambda: post_widgets([sqlite_base], count),
+        )  # fmt: skip
+        drains["maker_pg"] = timed(
+            "maker_pg", count, {**client, "makers": first.popen.pid},
+            lambda: post_widgets([first_base], count), postgres,
+        )  # fmt: skip
+        both = {"makers": lambda: cpu_seconds(first.popen.pid) + cpu_seconds(second.popen.pid)}
+        drains["makers_pg_2"] = timed(
+            "makers_pg_2", count, client,
+            lambda: post_widgets([first_base, second_base], count), {**postgres, **both},
+        )  # fmt: skip
+        bench.drain_consumer(
+            "consumer_pg", endpoint, extra={"maker": first.popen.pid}, maker_url=f"{first_base}/add",
+            readers=postgres,
+        )  # fmt: skip
+        drains["consumer_pg"] = bench.drains.pop("consumer_pg")
+        outcomes = bench.outcomes.pop("consumer_pg")
+    finally:
+        for maker in makers:
+            maker.stop()
+        server.remove()
+    return {
+        "postgresql": server_version(),
+        "skipped": None,
+        "drains": {name: drain.as_dict() for name, drain in drains.items()},
+        "consumer_pg_outcomes": dict(outcomes),
+        "two_makers_over_one": round(drains["makers_pg_2"].rate / drains["maker_pg"].rate, 3),
+    }
+
+
+def stores_report(stores: dict[str, Any], count: int) -> list[str]:
+    """Return the lines about the maker on each store, or the one line saying why they were skipped."""
+    if stores.get("skipped"):
+        return [f"maker on PostgreSQL: n/a: {stores['skipped']}"]
+    lines = [
+        f"the maker on each store: {count} new widgets POSTed straight to it by {CALLERS} callers (no SQS); "
+        f"PostgreSQL {stores['postgresql']}, default settings, on this machine",
+        f"{'drain':<20}{'requests':>9}{'seconds':>9}{'req/s':>9}"
+        f"   CPU ms/request:{'client':>7}{'makers':>7}{'pg':>6}"
+        f"   CPU busy %:{'client':>7}{'makers':>7}{'pg':>6}",
+    ]
+    for name, d in stores["drains"].items():
+        per, busy = d["cpu_ms_per_message"], d["cpu_busy"]
+        makers = "maker" if "maker" in per else "makers"
+        lines.append(
+            f"{name.replace('_', '-'):<20}{d['messages']:>9}{d['seconds']:>9.2f}{d['rate']:>9.2f}"
+            f"{'':>18}{per['client']:>7.2f}{per[makers]:>7.2f}{per.get('postgres', 0):>6.2f}"
+            f"{'':>14}{busy['client'] * 100:>7.0f}{busy[makers] * 100:>7.0f}"
+            f"{busy.get('postgres', 0) * 100:>6.0f}"
+        )
+    lines += [
+        "  maker-sqlite, maker-pg: one maker; makers-pg-2: two makers on one PostgreSQL, half the callers "
+        "each; consumer-pg: the consumer drain (as consumer above) with the maker on PostgreSQL "
+        "(client: the consumer)",
+        f"  consumer-pg outcomes: {stores['consumer_pg_outcomes']}",
+        f"two makers / one maker on PostgreSQL  {stores['two_makers_over_one']:>6.2f}   (rate; no target: "
+        "both makers, PostgreSQL and the callers share the machine's cores)",
+    ]
+    return lines
 
 
 def ratio_text(value: float | None, digits: int) -> str:

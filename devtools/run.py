@@ -1,7 +1,11 @@
-"""`make run`: the local SQS, the maker and the consumer in one terminal, each line prefixed by its source."""
+"""`make run`: the local SQS, the maker and the consumer in one terminal, each line prefixed by its source.
+
+The maker stores its widgets in widgets.db, or where WIDGET_MAKER_DB says (`make run DB=...`).
+"""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import threading
@@ -50,7 +54,7 @@ def main() -> int:
     processes: list[Process] = []
     try:
         processes.append(start_sqs(SQS_PORT, echo=echo, kind=kind)[0])
-        maker, base = start_maker("widgets.db", MAKER_PORT, echo=echo)
+        maker, base = start_maker(os.environ.get("WIDGET_MAKER_DB") or "widgets.db", MAKER_PORT, echo=echo)
         processes.append(maker)
         processes.append(start_consumer(LOCAL_ENDPOINT, f"{base}/add", echo=echo))
         echo("run", "all running; send requests with: make produce ARGS='--count 5 --wait'; Ctrl-C stops")

@@ -283,8 +283,13 @@ def start_maker(
 ) -> tuple[Process, str]:
     """Start the widget maker; return it and its base URL once it answers /healthz."""
     port = port or free_port()
-    argv = [PYTHON, "widget_maker.py", "--port", str(port), "--db", str(db), *args]
-    process = Process("maker", argv, env=env, echo=echo)
+    argv = [PYTHON, "widget_maker.py", "--port", str(port)]
+    if "://" in str(db):
+        # A database URL goes through the environment: on the command line, ps would show its password.
+        env = {**(env or {}), "WIDGET_MAKER_DB": str(db)}
+    else:
+        argv += ["--db", str(db)]
+    process = Process("maker", [*argv, *args], env=env, echo=echo)
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/healthz", process=process)
     return process, base

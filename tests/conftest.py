@@ -1,5 +1,5 @@
-"""Fixtures: moto's in-process SQS with the three queues, the maker app, stand-in HTTP servers, and
-which local SQS servers the end-to-end tests run on."""
+"""Fixtures: moto's in-process SQS with the three queues, the maker app, stand-in HTTP servers,
+which local SQS servers the end-to-end tests run on, and a throwaway PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,6 +20,7 @@ from flask.testing import FlaskClient
 from moto import mock_aws
 from werkzeug.serving import make_server
 
+from devtools.postgres import FAST_SETTINGS, PostgresServer, server_version, unavailable_reason
 from devtools.stack import FAUXQS_HINT, LOCAL_SQS_ENV, local_sqs_kind, local_sqs_kinds, local_sqs_version
 from widget_maker import create_app
 from widgets.sqs import DEAD_LETTER_QUEUE, REQUEST_QUEUE, RESPONSE_QUEUE, QueueUrls, ensure_queues
@@ -31,11 +33,13 @@ def local_sqs_kinds_to_test() -> list[str]:
     return [local_sqs_kind()] if os.environ.get(LOCAL_SQS_ENV, "").strip() else local_sqs_kinds()
 
 
-def pytest_report_header() -> str:
-    """Say at the top of the run which local SQS servers the end-to-end tests use."""
+def pytest_report_header() -> list[str]:
+    """Say at the top of the run which local SQS servers the end-to-end tests use, and which PostgreSQL."""
     kinds = ", ".join(f"{kind} {local_sqs_version(kind)}" for kind in local_sqs_kinds_to_test())
     missing = "" if "fauxqs" in local_sqs_kinds() else f" (fauxqs is not installed: {FAUXQS_HINT})"
-    return f"local SQS for the end-to-end tests: {kinds}{missing}"
+    reason = unavailable_reason()
+    postgres = f"PostgreSQL {server_version()}" if reason is None else f"none, those tests skip: {reason}"
+    return [f"local SQS for the end-to-end tests: {kinds}{missing}", f"PostgreSQL store tests: {postgres}"]
 
 
 @pytest.fixture(params=local_sqs_kinds_to_test())
@@ -173,3 +177,39 @@ def scripted_maker() -> Iterator[tuple[ScriptedMaker, str]]:
     yield script, f"http://127.0.0.1:{server.server_address[1]}/add"
     script.stopped.set()
     stop()
+
+
+def new_postgres() -> PostgresServer:
+    """Start a throwaway PostgreSQL, or skip the test (in one line saying how to install it)."""
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    server = PostgresServer(settings=FAST_SETTINGS)
+    try:
+        server.start()
+    except BaseException:
+        server.remove()
+        raise
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server shared by this test process's tests (one per xdist worker), removed at the end."""
+    server = new_postgres()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for one test alone, which it may stop and start; removed at the end."""
+    server = new_postgres()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> str:
+    """The URL of a new, empty database on the shared PostgreSQL server."""
+    return postgres.create_database(f"test_{uuid.uuid4().hex[:16]}")

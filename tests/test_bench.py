@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.postgres import unavailable_reason
 from devtools.stack import local_sqs_kind, run_script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +93,19 @@ def test_bench_reports_every_figure(tmp_path: Path) -> None:
     assert (met["metrics_cpu"] is None) == (not with_metrics)
     if not with_metrics:
         assert "n/a: widget_consumer.py has no --metrics-port" in result.stdout
+    stores = figures["stores"]
+    if unavailable_reason() is None:  # the maker on SQLite, on PostgreSQL, two makers on one PostgreSQL
+        assert {name: d["messages"] for name, d in stores["drains"].items()} == {
+            "maker_sqlite": 30,
+            "maker_pg": 30,
+            "makers_pg_2": 30,
+            "consumer_pg": 30,
+        }
+        assert stores["consumer_pg_outcomes"] == {"OK": 30}
+        assert stores["two_makers_over_one"] > 0
+        assert "makers-pg-2 " in result.stdout and "two makers / one maker on PostgreSQL" in result.stdout
+    else:
+        assert f"maker on PostgreSQL: n/a: {unavailable_reason()}" in result.stdout
 
 
 def test_bench_refuses_a_negative_latency() -> None:

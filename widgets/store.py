@@ -1,12 +1,21 @@
-"""The widget store: SQLite, one row per widget id, safe for many threads and processes."""
+"""The widget store: one row per widget id, made once. SQLite (a file path, the default) for one
+maker on one host, safe for many threads and processes; PostgreSQL (a postgresql:// URL, see
+widgets/pg_store.py) for many makers on many hosts. Both answer the same interface, Store."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
+
+# What a database URL starts with, as libpq accepts it; anything else is an SQLite file path.
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+# A password in a URL: scheme://user:PASSWORD@host... (an @ in it is written %40), or ?password=...
+USER_PASSWORD = re.compile(r"^(\w+://[^:/?#@]*):[^/?#@]*@")
+QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS widgets (
@@ -19,6 +28,65 @@ CREATE TABLE IF NOT EXISTS widgets (
 INDEX = "CREATE INDEX IF NOT EXISTS widgets_date_created ON widgets (date_created)"
 # The smallest step date_created can tell apart.
 TICK = timedelta(microseconds=1)
+
+
+class StoreUnavailable(Exception):
+    """The store's database does not answer now (down, restarting, unreachable): try again later."""
+
+
+class Store(Protocol):
+    """What the maker needs of a widget store, whichever database holds it."""
+
+    location: str  # where the widgets are, for logs: a path, or a URL with its password masked
+
+    def create(self, widget_id: str, idempotency_key: str | None = None) -> tuple[dict[str, Any], bool]:
+        """Store a widget unless it exists; return the stored widget and whether it was new."""
+        ...
+
+    def get(self, widget_id: str) -> dict[str, Any] | None:
+        """Return the stored widget, or None."""
+        ...
+
+    def recent(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Return the most recently made widgets, newest first."""
+        ...
+
+    def count(self) -> int:
+        """Return how many widgets exist."""
+        ...
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers."""
+        ...
+
+    def close(self) -> None:
+        """Let go of the store's connections (it opens them again when next used)."""
+        ...
+
+
+def open_store(db: str, connections: int = 16) -> Store:
+    """Open the store db names: a postgresql:// URL (up to connections at once), else an SQLite path."""
+    if db.startswith(POSTGRES_SCHEMES):
+        # Imported here: psycopg and its pool load only in a maker that uses PostgreSQL.
+        from widgets.pg_store import PostgresStore
+
+        return PostgresStore(db, connections=connections)
+    return WidgetStore(db)
+
+
+def masked_url(url: str) -> str:
+    """Return a database URL fit for logs: its password, in the address or the query, as ***."""
+    # Text substitution rather than parsing and rebuilding: the rest of the URL stays as given,
+    # even when malformed (its error message shows it).
+    url = USER_PASSWORD.sub(r"\1:***@", url, count=1)
+    return QUERY_PASSWORD.sub(r"\1***", url)
+
+
+def widget(widget_id: str, date_created: datetime | str, idempotency_key: str | None) -> dict[str, Any]:
+    """Return a widget as the maker answers it; a datetime date_created as ISO 8601 UTC to the microsecond."""
+    if isinstance(date_created, datetime):
+        date_created = date_created.astimezone(UTC).isoformat(timespec="microseconds")
+    return {"widget_id": widget_id, "date_created": date_created, "idempotency_key": idempotency_key}
 
 
 def utc_now() -> datetime:
@@ -43,6 +111,7 @@ class WidgetStore:
     def __init__(self, path: str, clock: Callable[[], datetime] = utc_now) -> None:
         """Open (creating if needed) the store at path; clock gives the time widgets are made."""
         self.path = path
+        self.location = path
         self.clock = clock
         self._local = threading.local()
         # This process's writers take turns here, so they wait on a cheap lock that wakes the next
@@ -90,11 +159,11 @@ class WidgetStore:
                 created = self.clock().astimezone(UTC)
                 if latest is not None:
                     created = max(created, parse_timestamp(latest) + TICK)
-                date_created = created.isoformat(timespec="microseconds")
+                made = widget(widget_id, created, idempotency_key)
                 cursor = connection.execute(
                     "INSERT INTO widgets (widget_id, date_created, idempotency_key) VALUES (?, ?, ?)"
                     " ON CONFLICT (widget_id) DO NOTHING",
-                    (widget_id, date_created, idempotency_key),
+                    (widget_id, made["date_created"], idempotency_key),
                 )
                 connection.execute("COMMIT")
             except BaseException:
@@ -102,14 +171,10 @@ class WidgetStore:
                 raise
         if cursor.rowcount == 1:
             # Just inserted: the row is what was written, no need to read it back.
-            return {
-                "widget_id": widget_id,
-                "date_created": date_created,
-                "idempotency_key": idempotency_key,
-            }, True
-        widget = self.get(widget_id)
-        assert widget is not None, "a widget found in the store must be there"
-        return widget, False
+            return made, True
+        stored = self.get(widget_id)
+        assert stored is not None, "a widget found in the store must be there"
+        return stored, False
 
     def get(self, widget_id: str) -> dict[str, Any] | None:
         """Return the stored widget, or None."""
@@ -126,6 +191,10 @@ class WidgetStore:
     def count(self) -> int:
         """Return how many widgets exist."""
         return int(self._connection().execute("SELECT count(*) FROM widgets").fetchone()[0])
+
+    def ping(self) -> None:
+        """Return once the file answers a query (a local file always does, or raises sqlite3's error)."""
+        self._connection().execute("SELECT 1")
 
     def close(self) -> None:
         """Close this thread's connection and the writers' one (each opens again when next needed)."""
