@@ -916,11 +916,16 @@ def test_chaos(size: Size, sqs_kind: str, tmp_path: Path) -> None:
 # it took effect would leave a request nobody knows the message id of. The responses are read
 # straight from SQS too, as they arrive, so each request's answer time is known.
 
-# The timings of the issue's run: a held call then stalls for the read timeout (--wait-time + 20 s).
-FAULTS_CONSUMER_ARGS = [
-    "--wait-time", "1", "--visibility-timeout", "5", "--retry-delay", "1",
-    "--max-receives", "3", "--http-timeout", "2",
-]  # fmt: skip
+# The timings of the issue's run ("short"), and the project's defaults of --wait-time (20) and
+# --visibility-timeout (30), where a held receive waits 25 s and a message it took stays hidden
+# 30 s ("default", make chaos only).
+FAULTS_TIMINGS = {
+    "short": [
+        "--wait-time", "1", "--visibility-timeout", "5", "--retry-delay", "1",
+        "--max-receives", "3", "--http-timeout", "2",
+    ],
+    "default": ["--retry-delay", "1", "--max-receives", "3", "--http-timeout", "2"],
+}  # fmt: skip
 FAULT_RATE = 0.05
 FAULT_SEED = 15
 # The calls a running consumer makes. Its start-up calls (CreateQueue, GetQueueAttributes, ...)
@@ -1154,7 +1159,9 @@ class FaultsRun:
     outcomes_logged: int  # outcomes the consumers decided (and logged), repeats included
 
 
-def run_sqs_faults(size: FaultsSize, tmp: Path, sqs_kind: str, fifo: bool, stack: Stack) -> FaultsRun:
+def run_sqs_faults(
+    size: FaultsSize, tmp: Path, sqs_kind: str, fifo: bool, stack: Stack, timings: str = "short"
+) -> FaultsRun:
     """Run the SQS-faults scenario; return what it observed. The caller stops the stack."""
     clock = Clock()
     threads: list[Any] = []
@@ -1172,7 +1179,7 @@ def run_sqs_faults(size: FaultsSize, tmp: Path, sqs_kind: str, fifo: bool, stack
             if fifo
             else []
         )
-        args = [*FAULTS_CONSUMER_ARGS, *queue_args]
+        args = [*FAULTS_TIMINGS[timings], *queue_args]
         metrics_port = free_port()
         maker_url = f"{base}/add"
         first = stack.add(
@@ -1440,7 +1447,8 @@ def faults_checks(run: FaultsRun, fifo: bool) -> list[Check]:
     [pytest.param(FAULTS_SIZE, id=FAULTS_SIZE.name, marks=pytest.mark.timeout(FAULTS_SIZE.time_limit))],
 )
 @pytest.mark.parametrize("queues", ["standard", "fifo"])
-def test_sqs_faults(size: FaultsSize, queues: str, sqs_kind: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("timings", ["short", "default"] if CHAOS_SIZE == "full" else ["short"])
+def test_sqs_faults(size: FaultsSize, queues: str, timings: str, sqs_kind: str, tmp_path: Path) -> None:
     """SQS answers 500s and throttles, resets, holds calls and goes away: nothing lost, made twice,
     answered and dead-lettered, and every request answered soon after SQS comes back."""
     if queues == "fifo" and sqs_kind == "moto":
@@ -1451,7 +1459,7 @@ def test_sqs_faults(size: FaultsSize, queues: str, sqs_kind: str, tmp_path: Path
     started = time.monotonic()
     stack = Stack()
     try:
-        run = run_sqs_faults(size, tmp_path, sqs_kind, queues == "fifo", stack)
+        run = run_sqs_faults(size, tmp_path, sqs_kind, queues == "fifo", stack, timings)
     finally:
         stack.stop_all()
     # For a closer look: pytest keeps the last runs' tmp_path.
@@ -1465,7 +1473,7 @@ def test_sqs_faults(size: FaultsSize, queues: str, sqs_kind: str, tmp_path: Path
         out.writelines(json.dumps({"at": at, **response}) + "\n" for at, response in run.responses)
     checks = faults_checks(run, queues == "fifo")
     print(
-        f"\nSQS faults ({size.name}, {queues}, {sqs_kind}): {len(run.sent)} requests, "
+        f"\nSQS faults ({size.name}, {queues}, {timings} timings, {sqs_kind}): {len(run.sent)} requests, "
         f"{len(run.responses)} responses, {len(run.dead)} dead letters; logs in {tmp_path}"
     )
     print(f"fault proxy: {json.dumps(run.proxy_summary)}")
@@ -1483,5 +1491,6 @@ def test_sqs_faults(size: FaultsSize, queues: str, sqs_kind: str, tmp_path: Path
             ] += 1
         for line, times in seen.most_common(25):
             print(f"{times:5d} x {line}")
-    print(f"SQS faults ({size.name}, {queues}, {sqs_kind}) took {time.monotonic() - started:.1f}s")
+    took = time.monotonic() - started
+    print(f"SQS faults ({size.name}, {queues}, {timings} timings, {sqs_kind}) took {took:.1f}s")
     assert not failed, f"SQS-faults checks failed: {failed}"
