@@ -57,9 +57,9 @@ from devtools.stack import (
     start_maker,
     start_sqs,
 )
-from widget_consumer import Settings
-from widget_producer import SEND_THREADS, send_requests
+from widgets.consumer import Settings
 from widgets.messages import OK, new_widget_id, parse_request, request_body, response_body
+from widgets.producer import SEND_THREADS, send_requests
 from widgets.sqs import MAX_BATCH, QueueUrls, SQSClient, delete_batch, ensure_queues, make_client
 
 TARGET_CONSUMER_RAW = 0.8  # consumer/raw at least

@@ -22,7 +22,7 @@ from werkzeug.serving import make_server
 
 from devtools.postgres import FAST_SETTINGS, PostgresServer, server_version, unavailable_reason
 from devtools.stack import FAUXQS_HINT, LOCAL_SQS_ENV, local_sqs_kind, local_sqs_kinds, local_sqs_version
-from widget_maker import create_app
+from widgets.maker import create_app
 from widgets.sqs import DEAD_LETTER_QUEUE, REQUEST_QUEUE, RESPONSE_QUEUE, QueueUrls, ensure_queues
 
 REGION = "us-east-1"

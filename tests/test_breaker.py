@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from widgets.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
-from widgets.maker_client import FAILING, OVERLOADED, UNREACHABLE
+from widgets.consumer.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
+from widgets.consumer.maker_client import FAILING, OVERLOADED, UNREACHABLE
 
 
 class FakeClock:

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 import widget_consumer
 import widget_maker
 import widget_producer
+import widgets.producer
 from devtools.stack import free_port
 from widgets.messages import is_valid_widget_id
 from widgets.sqs import QueueUrls
@@ -78,7 +79,7 @@ def test_produce_wait_reports_outcomes(sqs: Any, queues: QueueUrls) -> None:
             {"MessageId": message_id, "WidgetId": SEED_ID, "Status": "OK", "ReceiveCount": 1}
         ),
     )
-    responses = widget_producer.wait_for_responses(sqs, queues.response, [message_id], timeout=5)
+    responses = widgets.producer.wait_for_responses(sqs, queues.response, [message_id], timeout=5)
     assert responses[message_id]["Status"] == "OK"
     # Someone else's response is left on the queue, visible.
     assert [json.loads(b)["MessageId"] for b in bodies(sqs, queues.response)] == ["someone-else"]
@@ -102,9 +103,9 @@ def test_produce_reports_refused_entries(
         return answer
 
     real = sqs.send_message_batch
-    monkeypatch.setattr(widget_producer, "ENTRY_RETRIES", 0)
+    monkeypatch.setattr(widgets.producer, "ENTRY_RETRIES", 0)
     monkeypatch.setattr(sqs, "send_message_batch", refuse_second)
-    result = widget_producer.send_requests(sqs, queues.request, ["a", "b", "c"])
+    result = widgets.producer.send_requests(sqs, queues.request, ["a", "b", "c"])
     assert [w for _, w in result.sent] == ["a"]
     assert sorted(w for w, _ in result.failed) == ["b", "c"]
     assert len(bodies(sqs, queues.request)) == 1
@@ -229,7 +230,7 @@ def test_wait_is_not_starved_by_other_responses(sqs: Any, queues: QueueUrls) -> 
     for n in range(15):
         sqs.send_message(QueueUrl=queues.response, MessageBody=json.dumps({"MessageId": f"other-{n}"}))
     sqs.send_message(QueueUrl=queues.response, MessageBody=json.dumps({"MessageId": "mine", "Status": "OK"}))
-    found = widget_producer.wait_for_responses(sqs, queues.response, ["mine"], timeout=5)
+    found = widgets.producer.wait_for_responses(sqs, queues.response, ["mine"], timeout=5)
     assert found["mine"]["Status"] == "OK"
     assert len(bodies(sqs, queues.response)) == 15
 
@@ -252,7 +253,7 @@ def test_producer_keeps_what_was_sent_before_a_call_failed(
         return answer
 
     monkeypatch.setattr(sqs, "send_message_batch", first_partly_then_down)
-    result = widget_producer.send_requests(sqs, queues.request, [f"w{n}" for n in range(10)])
+    result = widgets.producer.send_requests(sqs, queues.request, [f"w{n}" for n in range(10)])
     assert len(result.sent) == 9
     assert [w for w, _ in result.failed] == ["w9"]
     assert result.error is not None

@@ -14,13 +14,13 @@ from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
 
 from devtools.stack import free_port
 from tests.conftest import ScriptedMaker
-from widget_consumer import Consumer, Settings
-from widget_producer import send_requests
-from widgets import outbox as outbox_module
-from widgets.handling import RetryPolicy
-from widgets.maker_client import MakerClient
+from widgets.consumer import Consumer, Settings
+from widgets.consumer import outbox as outbox_module
+from widgets.consumer.handling import RetryPolicy
+from widgets.consumer.maker_client import MakerClient
+from widgets.consumer.outbox import Outbox
 from widgets.messages import FAILED, OK, REJECTED, RETRY, Received, request_body
-from widgets.outbox import Outbox
+from widgets.producer import send_requests
 from widgets.sqs import QueueUrls
 
 VALID_ID = "31f37378-54f4-11e5-ad75-3c970e65f731"
@@ -534,7 +534,9 @@ def test_json_log_lines_carry_the_fields(
         root.handlers[:], level = saved
         root.setLevel(level)
     lines = [
-        json.loads(line) for line in capsys.readouterr().err.splitlines() if '"widgets.handling"' in line
+        json.loads(line)
+        for line in capsys.readouterr().err.splitlines()
+        if '"widgets.consumer.handling"' in line
     ]
     [entry] = lines
     assert entry["status"] == OK

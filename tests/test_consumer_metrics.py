@@ -14,11 +14,11 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.stack import free_port
-from widget_consumer import Consumer, Settings
-from widget_producer import send_requests
-from widgets.consumer_metrics import ConsumerMetrics
+from widgets.consumer import Consumer, Settings
+from widgets.consumer.metrics import ConsumerMetrics
+from widgets.consumer.observer import Observer, Snapshot
 from widgets.messages import OK, REJECTED
-from widgets.observer import Observer, Snapshot
+from widgets.producer import send_requests
 from widgets.sqs import QueueUrls, watch_calls
 
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]

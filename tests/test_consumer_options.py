@@ -8,7 +8,7 @@ import socket
 from click.testing import CliRunner
 
 import widget_consumer
-from widget_consumer import Settings
+from widgets.consumer import Settings
 
 # Settings without an option, on purpose: a secret stays off the command line (and out of
 # `ps`), and the outbox's flush interval is a tuning knob for tests, not for operators.

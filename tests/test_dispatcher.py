@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from widgets.dispatcher import BEHIND, STOPPING, Dispatcher
+from widgets.consumer.dispatcher import BEHIND, STOPPING, Dispatcher
 from widgets.messages import Received
 
 
@@ -217,7 +217,7 @@ def test_stopping_hands_back_every_message_waiting_in_a_lane(
 def test_a_receiver_is_woken_as_soon_as_a_batch_fits(
     make_dispatcher: Callable[..., Dispatcher], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("widgets.dispatcher.ROOM_POLL", 60.0)  # only a wake-up can end the wait
+    monkeypatch.setattr("widgets.consumer.dispatcher.ROOM_POLL", 60.0)  # only a wake-up can end the wait
     dispatcher = make_dispatcher(workers=2, lookahead=30)  # three receives' batches beyond the workers
     assert [dispatcher.wait_for_room(10) for _ in range(3)] == [10, 10, 10]
     assert dispatcher.wait_for_room(2) == 2  # full: 32 of 32 held

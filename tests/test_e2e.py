@@ -15,10 +15,10 @@ import pytest
 from devtools.latency_proxy import LatencyProxy, parse_target
 from devtools.stack import Process, run_script, start_consumer, start_maker, start_sqs
 from tests.conftest import ScriptedMaker
-from widget_producer import send_requests
+from widgets.maker.store import WidgetStore
 from widgets.messages import new_widget_id
+from widgets.producer import send_requests
 from widgets.sqs import DEAD_LETTER_QUEUE, REQUEST_QUEUE, RESPONSE_QUEUE, QueueUrls, ensure_queues
-from widgets.store import WidgetStore
 
 pytestmark = pytest.mark.e2e
 

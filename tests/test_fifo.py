@@ -8,12 +8,14 @@ import threading
 import time
 from typing import Any
 
-import click
 import pytest
 from click.testing import CliRunner, Result
 
 import widget_producer
 import widget_queues
+import widgets.producer
+import widgets.queues
+from widgets.errors import SetupError
 from widgets.messages import OK, new_widget_id, request_body, response_body
 from widgets.sqs import (
     DEAD_LETTER_QUEUE,
@@ -188,7 +190,7 @@ def test_a_dead_letter_queue_of_the_other_kind_is_not_created(sqs: Any, names: t
 def test_a_standard_queue_named_fifo_is_refused_clearly(sqs: Any) -> None:
     # Only a local SQS lets this happen: a queue named *.fifo created without FifoQueue=true.
     sqs.create_queue(QueueName=FIFO_NAMES[0])
-    with pytest.raises(click.ClickException, match="named like a FIFO queue but is a standard one"):
+    with pytest.raises(SetupError, match="named like a FIFO queue but is a standard one"):
         ensure_queues(sqs, *FIFO_NAMES, max_receives=3)
 
 
@@ -215,7 +217,7 @@ def test_batches_to_a_fifo_queue_go_one_after_another(
     overlapped = []
     lock = threading.Lock()
 
-    def slow_batch(sqs: Any, url: str, widget_ids: list[str], *ids: Any) -> widget_producer.SendResult:
+    def slow_batch(sqs: Any, url: str, widget_ids: list[str], *ids: Any) -> widgets.producer.SendResult:
         """Send nothing, slowly, noting whether another batch was in flight meanwhile."""
         with lock:
             overlapped.append(bool(in_flight))
@@ -223,11 +225,11 @@ def test_batches_to_a_fifo_queue_go_one_after_another(
         time.sleep(0.02)
         with lock:
             in_flight.remove(widget_ids)
-        return widget_producer.SendResult(sent=[("m", w) for w in widget_ids])
+        return widgets.producer.SendResult(sent=[("m", w) for w in widget_ids])
 
-    monkeypatch.setattr(widget_producer, "send_batch", slow_batch)
+    monkeypatch.setattr(widgets.producer, "send_batch", slow_batch)
     widget_ids = [new_widget_id() for _ in range(50)]
-    result = widget_producer.send_requests(sqs, fifo.request, widget_ids, group_id="g")
+    result = widgets.producer.send_requests(sqs, fifo.request, widget_ids, group_id="g")
     assert [w for _, w in result.sent] == widget_ids
     assert overlapped == [False] * 5
 
@@ -315,7 +317,7 @@ def test_wait_gets_past_others_responses_ahead_in_its_group(sqs: Any, fifo: Queu
     later = threading.Timer(0.5, respond, (sqs, fifo.response, "mine", new_widget_id(), "g"))
     later.start()
     try:
-        found = widget_producer.wait_for_responses(sqs, fifo.response, ["mine"], timeout=3)
+        found = widgets.producer.wait_for_responses(sqs, fifo.response, ["mine"], timeout=3)
     finally:
         later.join()
     assert found["mine"]["Status"] == OK
@@ -404,11 +406,11 @@ def test_redrive_run_again_after_failed_deletes_sends_once(
         "delete_message_batch",
         lambda QueueUrl, Entries: {"Failed": [{"Id": e["Id"], "Code": "InternalError"} for e in Entries]},
     )
-    first = widget_queues.move_batch(sqs, fifo.dead_letter, fifo.request, messages)
+    first = widgets.queues.move_batch(sqs, fifo.dead_letter, fifo.request, messages)
     assert len(first.not_deleted) == len(messages)
     monkeypatch.setattr(sqs, "delete_message_batch", real_delete)
     # The run is interrupted and run again on the same dead-letter messages.
-    second = widget_queues.move_batch(sqs, fifo.dead_letter, fifo.request, messages)
+    second = widgets.queues.move_batch(sqs, fifo.dead_letter, fifo.request, messages)
     assert second.not_deleted == []
     assert len(take_all(sqs, fifo.request)) == len(messages)
 

@@ -13,9 +13,10 @@ from flask import Flask
 
 import widget_consumer
 import widget_producer
+import widgets.producer
 from tests.conftest import ScriptedMaker
 from tests.test_fifo import FIFO_NAMES, attributes, take_all
-from widget_consumer import Consumer, Settings
+from widgets.consumer import Consumer, Settings
 from widgets.messages import FAILED, OK, RETRY, Received, new_widget_id
 from widgets.sqs import FIFO_REDRIVE_MARGIN, RESPONSE_QUEUE, QueueUrls, ensure_queues
 
@@ -34,7 +35,7 @@ def fifo(sqs: Any) -> QueueUrls:
 
 def send(sqs: Any, url: str, group: str, widget_ids: list[str]) -> list[str]:
     """Send requests of one group, in order; return their message ids."""
-    result = widget_producer.send_requests(sqs, url, widget_ids, group_id=group)
+    result = widgets.producer.send_requests(sqs, url, widget_ids, group_id=group)
     assert not result.failed
     return [message_id for message_id, _ in result.sent]
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import requests
 
-from widgets.endpoint import Endpoint
-from widgets.health import STUCK_MARGIN, Health, ReceiverState, WriterState, check
+from widgets.consumer.endpoint import Endpoint
+from widgets.consumer.health import STUCK_MARGIN, Health, ReceiverState, WriterState, check
 
 WAIT_TIME = 20.0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tests.test_breaker import FakeClock
-from widgets.heartbeat import Heartbeat
+from widgets.consumer.heartbeat import Heartbeat
 from widgets.messages import Received
 
 

@@ -13,7 +13,8 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from widget_maker import MAX_BODY_BYTES, create_app
+from widgets.maker import create_app
+from widgets.maker.app import MAX_BODY_BYTES
 
 SEED_ID = "31f37378-54f4-11e5-ad75-3c970e65f731"
 

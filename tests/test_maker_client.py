@@ -10,9 +10,9 @@ import pytest
 
 from devtools.stack import free_port
 from tests.conftest import ScriptedMaker
-from widgets.maker_client import FAILING, OVERLOADED, UNREACHABLE, MakerClient, parse_retry_after
+from widgets.consumer.maker_client import FAILING, OVERLOADED, UNREACHABLE, MakerClient, parse_retry_after
+from widgets.consumer.observer import Observer
 from widgets.messages import OK, REJECTED, RETRY
-from widgets.observer import Observer
 
 VALID_ID = "31f37378-54f4-11e5-ad75-3c970e65f731"
 

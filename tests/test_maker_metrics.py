@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.stack import start_maker
-from widget_maker import create_app
+from widgets.maker import create_app
 
 RequestKey = tuple[str, str, str]  # (route, method, status)
 

@@ -11,9 +11,10 @@ import pytest
 from click.testing import CliRunner
 from flask import Flask
 
+import widget_maker
 from devtools.postgres import PostgresServer
 from devtools.stack import PYTHON, Process, free_port, start_maker, wait_http
-from widget_maker import create_app, main
+from widgets.maker import create_app
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ def test_the_database_away_is_503_with_retry_after_and_never_500(
 
 
 def test_help_says_where_the_password_goes() -> None:
-    result = CliRunner().invoke(main, ["--help"], terminal_width=200)
+    result = CliRunner().invoke(widget_maker.main, ["--help"], terminal_width=200)
     assert result.exit_code == 0
     text = " ".join(result.output.split())
     assert "postgresql://USER@HOST:PORT/DBNAME" in text
@@ -64,7 +65,7 @@ def test_help_says_where_the_password_goes() -> None:
 
 def test_an_unreachable_database_is_one_line_without_the_password() -> None:
     url = f"postgresql://widgets:s3cret@127.0.0.1:{free_port()}/widgets"
-    result = CliRunner().invoke(main, ["--port", "0"], env={"WIDGET_MAKER_DB": url})
+    result = CliRunner().invoke(widget_maker.main, ["--port", "0"], env={"WIDGET_MAKER_DB": url})
     assert result.exit_code == 1
     [line] = result.output.splitlines()
     assert line.startswith("Error: cannot reach the database at postgresql://widgets:***@127.0.0.1:")
@@ -72,7 +73,7 @@ def test_an_unreachable_database_is_one_line_without_the_password() -> None:
 
 
 def test_a_malformed_url_is_a_usage_error() -> None:
-    result = CliRunner().invoke(main, ["--db", "postgresql://[::1"])
+    result = CliRunner().invoke(widget_maker.main, ["--db", "postgresql://[::1"])
     assert result.exit_code == 2
     assert "Invalid value for --db: not a PostgreSQL URL" in result.output
 

@@ -16,9 +16,9 @@ import requests
 
 from devtools.postgres import PostgresServer
 from devtools.stack import Process, start_consumer, start_maker, start_sqs
-from widget_producer import send_requests
+from widgets.maker.postgres import PostgresStore
 from widgets.messages import new_widget_id
-from widgets.pg_store import PostgresStore
+from widgets.producer import send_requests
 from widgets.sqs import DEAD_LETTER_QUEUE, REQUEST_QUEUE, RESPONSE_QUEUE, ensure_queues, make_client
 
 pytestmark = pytest.mark.e2e

@@ -16,10 +16,10 @@ from werkzeug.serving import make_server
 from devtools.stack import free_port
 from tests.conftest import ScriptedMaker, serve_in_thread
 from tests.test_consumer import all_bodies, depth, run_until
-from widget_consumer import Consumer, Settings
-from widget_maker import create_app
-from widget_producer import send_requests
+from widgets.consumer import Consumer, Settings
+from widgets.maker import create_app
 from widgets.messages import FAILED, OK
+from widgets.producer import send_requests
 from widgets.sqs import QueueUrls
 
 VALID_ID = "31f37378-54f4-11e5-ad75-3c970e65f731"

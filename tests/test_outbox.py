@@ -16,9 +16,9 @@ from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
 from tests.test_breaker import FakeClock
 from tests.test_consumer import depth, received, run_until
 from tests.test_fifo import take_all
-from widgets import outbox as outbox_module
+from widgets.consumer import outbox as outbox_module
+from widgets.consumer.outbox import MAX_UNSETTLED, MAX_UNSETTLED_AGE, Outbox
 from widgets.messages import Received
-from widgets.outbox import MAX_UNSETTLED, MAX_UNSETTLED_AGE, Outbox
 from widgets.sqs import MAX_OUTAGE_BACKOFF, OutageLog, QueueUrls, create_queue
 
 

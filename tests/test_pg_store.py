@@ -14,9 +14,9 @@ import pytest
 
 from devtools.postgres import PostgresServer
 from devtools.stack import free_port
+from widgets.maker.postgres import PostgresStore
+from widgets.maker.store import StoreUnavailable, masked_url
 from widgets.messages import new_widget_id
-from widgets.pg_store import PostgresStore
-from widgets.store import StoreUnavailable, masked_url
 
 
 @pytest.fixture
@@ -151,7 +151,7 @@ def test_urls_in_logs_hide_the_password(url: str, masked: str) -> None:
 def test_the_database_going_away_is_unavailable_logged_once_and_the_pool_reconnects(
     own_postgres: PostgresServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="widgets.pg_store")
+    caplog.set_level(logging.INFO, logger="widgets.maker.postgres")
     store = PostgresStore(own_postgres.url())
     store.create(new_widget_id())
     own_postgres.stop()

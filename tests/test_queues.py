@@ -17,13 +17,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import click
 import pytest
 from click.testing import CliRunner, Result
 from moto import mock_aws
 
 import widget_queues
+import widgets.queues
 from devtools.stack import PYTHON, ROOT, Process, free_port, run_script, script_env, sigint_back, start_sqs
+from widgets.errors import SetupError
 from widgets.messages import FAILED, OK, REJECTED, new_widget_id, request_body, response_body
 from widgets.sqs import (
     DEAD_LETTER_QUEUE,
@@ -439,9 +440,9 @@ def test_read_responses_stops_when_only_seen_ones_come_back(
     sqs: SQSClient, urls: QueueUrls, waiting: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # With no hold, every receive brings the same responses again, as after a long run.
-    monkeypatch.setattr(widget_queues, "HOLD_SECONDS", 0)
+    monkeypatch.setattr(widgets.queues, "HOLD_SECONDS", 0)
     printed: list[dict[str, Any]] = []
-    result = widget_queues.read_responses(sqs, urls.response, printed.append, wait_time=0)
+    result = widgets.queues.read_responses(sqs, urls.response, printed.append, wait_time=0)
     assert result.read == 3
     assert sorted(printed, key=lambda r: r["MessageId"]) == waiting
 
@@ -501,10 +502,10 @@ def test_an_unreachable_endpoint_is_no_traceback() -> None:
 # status --watch
 
 
-def watched(sqs: SQSClient) -> Callable[[], dict[str, widget_queues.QueueStatus]]:
+def watched(sqs: SQSClient) -> Callable[[], dict[str, widgets.queues.QueueStatus]]:
     """Return what status --watch fetches: the three queues' statuses by role."""
     names = {"request": REQUEST_QUEUE, "response": RESPONSE_QUEUE, "dead_letter": DEAD_LETTER_QUEUE}
-    return lambda: {role: widget_queues.queue_status(sqs, name) for role, name in names.items()}
+    return lambda: {role: widgets.queues.queue_status(sqs, name) for role, name in names.items()}
 
 
 class FakeTime:
@@ -535,23 +536,23 @@ def test_watch_shows_how_fast_each_count_changes(sqs: SQSClient, busy: QueueUrls
         sqs.receive_message(QueueUrl=busy.request, MaxNumberOfMessages=2, VisibilityTimeout=60)
 
     fake = FakeTime(traffic)
-    refreshes: list[widget_queues.Refresh] = []
-    widget_queues.watch(watched(sqs), refreshes.append, 2.0, count=3, clock=fake.clock, sleep=fake.sleep)
+    refreshes: list[widgets.queues.Refresh] = []
+    widgets.queues.watch(watched(sqs), refreshes.append, 2.0, count=3, clock=fake.clock, sleep=fake.sleep)
     assert fake.sleeps == [2.0, 2.0]
     assert [r.statuses["request"].visible for r in refreshes] == [3, 5, 7]
     assert refreshes[0].rates["request"] == (None, None, None)
     assert refreshes[1].rates == {"request": (1.0, 1.0, 0.0), "response": (0, 0, 0), "dead_letter": (0, 0, 0)}
-    assert widget_queues.watch_table(refreshes[1]) == [
+    assert widgets.queues.watch_table(refreshes[1]) == [
         "role         queue                visible    /s  in flight    /s  delayed  /s",
         "request      WidgetRequestQueue         5  +1.0          3  +1.0        2   0",
         "response     WidgetResponseQueue        1     0          0     0        0   0",
         "dead letter  WidgetRequestDLQ           0     0          0     0        0   0",
     ]
-    assert widget_queues.watch_line(refreshes[0], "12:00:00") == (
+    assert widgets.queues.watch_line(refreshes[0], "12:00:00") == (
         "12:00:00 request visible=3 in_flight=1 delayed=2; response visible=1 in_flight=0 delayed=0; "
         "dead_letter visible=0 in_flight=0 delayed=0"
     )
-    assert widget_queues.watch_line(refreshes[2], "12:00:04").startswith(
+    assert widgets.queues.watch_line(refreshes[2], "12:00:04").startswith(
         "12:00:04 request visible=7 (+1.0/s) in_flight=5 (+1.0/s) delayed=2 (0/s); response visible=1 (0/s)"
     )
 
@@ -561,26 +562,26 @@ def test_watch_shows_how_fast_each_count_changes(sqs: SQSClient, busy: QueueUrls
     [(None, ""), (0.0, "0"), (0.25, "+0.25"), (-1 / 60, "-0.02"), (-0.999, "-1.0"), (12.345, "+12.3")],
 )
 def test_rates_for_people(rate: float | None, shown: str) -> None:
-    assert widget_queues.format_rate(rate) == shown
+    assert widgets.queues.format_rate(rate) == shown
 
 
 def test_watch_outlasts_an_error_after_the_first_refresh(sqs: SQSClient, busy: QueueUrls) -> None:
     fetch = watched(sqs)
     calls = 0
 
-    def flaky_fetch() -> dict[str, widget_queues.QueueStatus]:
+    def flaky_fetch() -> dict[str, widgets.queues.QueueStatus]:
         """Fetch for real, except on the second refresh, when SQS is away."""
         nonlocal calls
         calls += 1
         if calls == 2:
-            raise click.ClickException("cannot reach SQS at http://127.0.0.1:9")
+            raise SetupError("cannot reach SQS at http://127.0.0.1:9")
         return fetch()
 
     fake = FakeTime()
-    refreshes: list[widget_queues.Refresh] = []
-    widget_queues.watch(flaky_fetch, refreshes.append, 1.0, count=4, clock=fake.clock, sleep=fake.sleep)
+    refreshes: list[widgets.queues.Refresh] = []
+    widgets.queues.watch(flaky_fetch, refreshes.append, 1.0, count=4, clock=fake.clock, sleep=fake.sleep)
     assert [r.error for r in refreshes] == [None, "cannot reach SQS at http://127.0.0.1:9", None, None]
-    assert widget_queues.watch_line(refreshes[1], "12:00:01") == (
+    assert widgets.queues.watch_line(refreshes[1], "12:00:01") == (
         "12:00:01 error: cannot reach SQS at http://127.0.0.1:9"
     )
     # Rates start again after the gap: the counts before it are too old to compare with.
@@ -589,13 +590,13 @@ def test_watch_outlasts_an_error_after_the_first_refresh(sqs: SQSClient, busy: Q
 
 
 def test_watch_ends_at_an_error_on_the_first_refresh() -> None:
-    def failing_fetch() -> dict[str, widget_queues.QueueStatus]:
+    def failing_fetch() -> dict[str, widgets.queues.QueueStatus]:
         """Fail as a watch of a missing endpoint does."""
-        raise click.ClickException("cannot reach SQS")
+        raise SetupError("cannot reach SQS")
 
     fake = FakeTime()
-    with pytest.raises(click.ClickException):
-        widget_queues.watch(failing_fetch, lambda refresh: None, 1.0, clock=fake.clock, sleep=fake.sleep)
+    with pytest.raises(SetupError):
+        widgets.queues.watch(failing_fetch, lambda refresh: None, 1.0, clock=fake.clock, sleep=fake.sleep)
     assert fake.sleeps == []
 
 
@@ -603,12 +604,12 @@ def test_watch_waits_no_more_after_a_slow_refresh(sqs: SQSClient, busy: QueueUrl
     fake = FakeTime()
     fetch = watched(sqs)
 
-    def slow_fetch() -> dict[str, widget_queues.QueueStatus]:
+    def slow_fetch() -> dict[str, widgets.queues.QueueStatus]:
         """Take 3 s of fake time on the first refresh, 0.5 s after."""
         fake.now += 3.0 if not fake.sleeps else 0.5
         return fetch()
 
-    widget_queues.watch(slow_fetch, lambda refresh: None, 2.0, count=3, clock=fake.clock, sleep=fake.sleep)
+    widgets.queues.watch(slow_fetch, lambda refresh: None, 2.0, count=3, clock=fake.clock, sleep=fake.sleep)
     assert fake.sleeps == [0.0, 1.5]
 
 
@@ -620,7 +621,7 @@ def test_watch_never_sleeps_a_negative_time_on_a_clock_that_moves(sqs: SQSClient
         fake.now += 0.3
         return fake.now
 
-    widget_queues.watch(
+    widgets.queues.watch(
         watched(sqs), lambda refresh: None, 0.5, count=4, clock=ticking_clock, sleep=fake.sleep
     )
     assert len(fake.sleeps) == 3
@@ -629,8 +630,8 @@ def test_watch_never_sleeps_a_negative_time_on_a_clock_that_moves(sqs: SQSClient
 
 def test_redraw_moves_up_over_what_it_drew_and_fits_the_width(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "8")
-    assert widget_queues.redraw(["one", "a long line"], 0) == "\r\x1b[Jone\na long l\n"
-    assert widget_queues.redraw(["two"], 2) == "\x1b[2A\r\x1b[Jtwo\n"
+    assert widgets.queues.redraw(["one", "a long line"], 0) == "\r\x1b[Jone\na long l\n"
+    assert widgets.queues.redraw(["two"], 2) == "\x1b[2A\r\x1b[Jtwo\n"
 
 
 def test_status_watch_prints_a_line_per_refresh(sqs: SQSClient, busy: QueueUrls) -> None:

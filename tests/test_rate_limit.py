@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from tests.test_breaker import FakeClock
-from widgets.rate_limit import RateLimiter
+from widgets.consumer.rate_limit import RateLimiter
 
 
 def test_slots_are_spaced_by_the_rate() -> None:

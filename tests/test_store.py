@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
-from widget_maker import create_app
+from widgets.maker import create_app
+from widgets.maker.store import SCHEMA, WidgetStore, open_store
 from widgets.messages import new_widget_id
-from widgets.store import SCHEMA, WidgetStore, open_store
 
 # ISO 8601, UTC, to the microsecond: 2026-11-30T04:42:40.123456+00:00
 ISO_MICROSECONDS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00")

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import urlparse
 
 import boto3
-import click
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -29,6 +28,8 @@ from botocore.exceptions import (
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
+
+from widgets.errors import SetupError, UsageError
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -62,7 +63,7 @@ REDRIVE_MARGIN = 2
 # On a FIFO queue a request also gains a receive each time the consumer hands it back unstarted
 # because an earlier request of its group is retried (SQS redelivers a group only in order), and
 # the consumer cannot send it afresh near the limit (a fresh copy would join the end of its
-# group). The larger margin absorbs those hand-backs; see widgets/handling.py.
+# group). The larger margin absorbs those hand-backs; see widgets/consumer/handling.py.
 FIFO_REDRIVE_MARGIN = 10
 # Attempts per call in botocore (standard mode, total_max_attempts counts the first one). The
 # consumer makes one: each of its callers retries on its own terms (the receive loop at once,
@@ -193,11 +194,11 @@ def make_client(
     if endpoint_url is not None:
         parsed = urlparse(endpoint_url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise click.BadParameter(f"{endpoint_url!r} is not an http(s) URL", param_hint="'--endpoint-url'")
+            raise UsageError(f"{endpoint_url!r} is not an http(s) URL", "--endpoint-url")
     credentials: dict[str, str] = {}
     if session.get_credentials() is None:
         if endpoint_url is None or not is_local(endpoint_url):
-            raise click.ClickException(
+            raise SetupError(
                 "no AWS credentials found: configure them (aws configure, AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE), or use the local SQS with "
                 f"--endpoint-url {LOCAL_ENDPOINT}"
@@ -247,11 +248,11 @@ def describe_error(error: Exception, client: SQSClient | None = None, queue: str
 
 @contextmanager
 def user_errors(client: SQSClient | None = None, queue: str | None = None) -> Iterator[None]:
-    """Turn SQS exceptions into one clear line for the user instead of a traceback."""
+    """Turn SQS exceptions into a SetupError: one clear line for the user instead of a traceback."""
     try:
         yield
     except (BotoCoreError, ClientError) as error:
-        raise click.ClickException(describe_error(error, client, queue)) from error
+        raise SetupError(describe_error(error, client, queue)) from error
 
 
 def queue_url(client: SQSClient, name: str) -> str:
@@ -278,7 +279,7 @@ def create_queue(client: SQSClient, name: str) -> str:
         url = client.get_queue_url(QueueName=name)["QueueUrl"]
     attributes = client.get_queue_attributes(QueueUrl=url, AttributeNames=["FifoQueue"]).get("Attributes", {})
     if attributes.get("FifoQueue") != "true":
-        raise click.ClickException(
+        raise SetupError(
             f"queue {name} is named like a FIFO queue but is a standard one (created without "
             "FifoQueue=true); delete it and it will be created again as a FIFO queue"
         )

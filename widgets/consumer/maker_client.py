@@ -16,8 +16,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 from urllib.request import getproxies, proxy_bypass
 
+from widgets.consumer.observer import Observer
 from widgets.messages import OK, REJECTED, RETRY
-from widgets.observer import Observer
 from widgets.sqs import MAX_VISIBILITY
 
 # How a call that must be retried failed, which tells the breaker whose fault it is likely to be.

@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from widgets.breaker import OPEN, Breaker
-from widgets.dispatcher import Dispatcher
-from widgets.heartbeat import Heartbeat
+from widgets.consumer.breaker import OPEN, Breaker
+from widgets.consumer.dispatcher import Dispatcher
+from widgets.consumer.heartbeat import Heartbeat
+from widgets.consumer.observer import Observer
 from widgets.messages import Received
-from widgets.observer import Observer
 from widgets.sqs import SQS_ERRORS, OutageLog, SQSClient, is_fifo
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ Two kinds of report, so that a consumer without metrics pays for nothing:
   breaker's state, heartbeat extensions, rate-limit waits) are pulled as one Snapshot, only
   when something asks for them (a scrape of /metrics).
 
-widgets/consumer_metrics.py is the Prometheus implementation; this module imports no metrics library.
+widgets/consumer/metrics.py is the Prometheus implementation; this module imports no metrics library.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from widgets.maker_client import FAILING
+from widgets.consumer.maker_client import FAILING
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from widgets.breaker import HALF_OPEN, Breaker
-from widgets.heartbeat import Heartbeat
+from widgets.consumer.breaker import HALF_OPEN, Breaker
+from widgets.consumer.heartbeat import Heartbeat
+from widgets.consumer.maker_client import MakerAnswer, MakerClient
+from widgets.consumer.outbox import Outbox
+from widgets.consumer.rate_limit import RateLimiter
 from widgets.logs import printable
-from widgets.maker_client import MakerAnswer, MakerClient
 from widgets.messages import (
     FAILED,
     MAX_REASON_CHARS,
@@ -48,8 +50,6 @@ from widgets.messages import (
     parse_request,
     response_body,
 )
-from widgets.outbox import Outbox
-from widgets.rate_limit import RateLimiter
 from widgets.sqs import (
     MAX_VISIBILITY,
     redrive_margin,

@@ -1,6 +1,6 @@
 """The widget store: one row per widget id, made once. SQLite (a file path, the default) for one
 maker on one host, safe for many threads and processes; PostgreSQL (a postgresql:// URL, see
-widgets/pg_store.py) for many makers on many hosts. Both answer the same interface, Store."""
+widgets/maker/postgres.py) for many makers on many hosts. Both answer the same interface, Store."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def open_store(db: str, connections: int = 16) -> Store:
     """Open the store db names: a postgresql:// URL (up to connections at once), else an SQLite path."""
     if db.startswith(POSTGRES_SCHEMES):
         # Imported here: psycopg and its pool load only in a maker that uses PostgreSQL.
-        from widgets.pg_store import PostgresStore
+        from widgets.maker.postgres import PostgresStore
 
         return PostgresStore(db, connections=connections)
     return WidgetStore(db)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from widgets.health import Health
+from widgets.consumer.health import Health
 
 log = logging.getLogger(__name__)
 

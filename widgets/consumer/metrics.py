@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, StateSetMetricFamily
 from prometheus_client.exposition import choose_encoder
 
-from widgets.observer import Observer, Snapshot
+from widgets.consumer.observer import Observer, Snapshot
 
 # The outcome statuses, exposed from 0 on so that rate() sees the first of each.
 STATUSES = ("OK", "REJECTED", "FAILED", "RETRY")

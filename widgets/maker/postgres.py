@@ -24,7 +24,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from widgets.store import StoreUnavailable, masked_url, widget
+from widgets.maker.store import StoreUnavailable, masked_url, widget
 
 log = logging.getLogger(__name__)
 
