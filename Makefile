@@ -1,4 +1,5 @@
-# Every target that runs Python depends on the venv, which is rebuilt only when requirements.txt changes.
+# Every target that runs Python depends on the venv, which is rebuilt only when requirements.txt or
+# pyproject.toml changes.
 VENV := venv
 PYTHON := $(VENV)/bin/python
 ARGS ?=
@@ -18,10 +19,12 @@ LOCAL := env -u AWS_REGION -u AWS_DEFAULT_REGION -u AWS_ENDPOINT_URL -u AWS_ENDP
 
 all: $(VENV)/.installed $(NODE_MODULES)
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -r requirements.txt
+	# The project itself, editable: the widget-* commands in venv/bin run this checkout's code.
+	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -82,7 +85,7 @@ lock:  ## re-pin requirements.txt from requirements.in
 	rm -rf $(VENV).lock && python3 -m venv $(VENV).lock
 	$(VENV).lock/bin/pip install --quiet -r requirements.in
 	(echo "# Every package the venv holds, pinned; generated from requirements.in by 'make lock'."; \
-	 $(VENV).lock/bin/pip freeze) > requirements.txt
+	 $(VENV).lock/bin/pip freeze --all | grep -v '^pip==') > requirements.txt
 	rm -rf $(VENV).lock
 
 clean:  ## remove the venv, node_modules and local state

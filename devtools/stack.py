@@ -84,8 +84,9 @@ class Process:
         argv: Sequence[str],
         env: dict[str, str] | None = None,
         echo: Callable[[str, str], None] | None = None,
+        cwd: Path = ROOT,
     ) -> None:
-        """Start argv; each output line is stored and passed to echo(name, line)."""
+        """Start argv in cwd (the checkout); each output line is stored and passed to echo(name, line)."""
         self.name = name
         self.argv = list(argv)
         self.lines: list[str] = []
@@ -93,7 +94,7 @@ class Process:
         self._new_line = threading.Condition()
         self.popen = subprocess.Popen(
             self.argv,
-            cwd=ROOT,
+            cwd=cwd,
             env=script_env(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
