@@ -1,7 +1,9 @@
-"""The README and docs/: no broken link or anchor."""
+"""The README and docs/: no broken link or anchor, a README that fits on a page, the seed's
+commands and every make target documented."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,10 +13,18 @@ from devtools.stack import ROOT
 
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
+SEED_WIDGET_ID = "31f37378-54f4-11e5-ad75-3c970e65f731"
+SEED_COMMANDS = [
+    "venv/bin/python widget_maker.py",
+    "venv/bin/python widget_consumer.py --region=ap-southeast-2",
+    "venv/bin/python widget_producer.py --region=ap-southeast-2",
+    "venv/bin/python widget_producer.py --region=ap-southeast-2 --widget-id=" + SEED_WIDGET_ID,
+    "venv/bin/python widget_producer.py --region=ap-southeast-2 --widget-id=this_is_not_a_valid_widget_id",
+]
 
 
 def test_readme_and_docs_have_no_broken_links() -> None:
-    problems = check_links.check([README, *([DOCS] if DOCS.is_dir() else [])])
+    problems = check_links.check([README, DOCS])
     assert not problems, "broken links:\n" + "\n".join(str(problem) for problem in problems)
 
 
@@ -75,3 +85,31 @@ def test_repeated_headings_and_setext_headings_get_anchors() -> None:
         "| a |\n|---|\n\n- item\n---\n\n```\n# not a heading\n```\n"
     )
     assert check_links.anchors(text) == {"title", "notes", "notes-1", "section"}
+
+
+def test_the_readme_fits_on_a_page() -> None:
+    lines = len(README.read_text(encoding="utf-8").splitlines())
+    assert lines <= 250, f"README.md has {lines} lines; move some to docs/"
+
+
+def test_every_docs_page_is_linked_from_the_readme() -> None:
+    readme = README.read_text(encoding="utf-8")
+    pages = sorted(DOCS.glob("*.md"))
+    assert pages
+    assert [page.name for page in pages if f"(docs/{page.name})" not in readme] == []
+
+
+def test_the_seeds_commands_are_in_the_readme() -> None:
+    readme = README.read_text(encoding="utf-8")
+    assert [command for command in SEED_COMMANDS if command not in readme] == []
+
+
+def test_every_make_target_is_in_the_make_targets_table() -> None:
+    phony = re.search(r"^\.PHONY:(.*)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert phony
+    operating = (DOCS / "operating.md").read_text(encoding="utf-8")
+    table = operating[operating.index("\nMake targets\n") :]
+    first_column = " ".join(line.split("|")[1] for line in table.splitlines() if line.startswith("| `make"))
+    documented = set(re.findall(r"make(?: ([a-z]+))?", first_column))
+    targets = {"" if target == "all" else target for target in phony.group(1).split()}
+    assert sorted(targets - documented) == []
