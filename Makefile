@@ -76,10 +76,11 @@ chaos: all  ## the full chaos test: maker and consumer faults while 350 requests
 bench: all  ## throughput from the same depth (N=500): raw SQS, the consumer (with metrics, with 20 ms SQS latency), the seed's loop; ARGS="--sqs-latency-ms 0"
 	$(PYTHON) -m bench.bench --count $(N) $(ARGS)
 
-lint: all  ## ruff (lint and format check) and mypy
+lint: all  ## ruff (lint and format check), mypy, and the relative links and anchors of README.md and docs/
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy
+	$(PYTHON) -m devtools.check_links README.md docs
 
 lock:  ## re-pin requirements.txt from requirements.in
 	rm -rf $(VENV).lock && python3 -m venv $(VENV).lock
