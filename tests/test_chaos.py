@@ -1366,12 +1366,18 @@ def faults_checks(run: FaultsRun, fifo: bool) -> list[Check]:
     drain = (
         max((first[r.message_id] for r in run.sent if r.message_id in first), default=outage_end) - outage_end
     )
+    # On FIFO queues the time is the queue's, not the consumer's: a receive whose answer is lost
+    # (reset after, or held past the read timeout: a tenth of them here) leaves its message in
+    # flight for the visibility timeout, and its whole group waits that long behind it (on Amazon
+    # SQS as on fauxqs). With six groups and 5 s each time, draining takes minutes; so there the
+    # figure is reported, and only "every request answered" is checked.
+    bound = DRAIN_TARGET if not fifo else float("inf")
     checks.append(
         Check(
-            "every request answered, seconds after the outage's end",
-            f"<= {DRAIN_TARGET:g}s",
+            "every request answered, seconds after the outage's end" + (" (report)" if fifo else ""),
+            f"<= {DRAIN_TARGET:g}s" if not fifo else "-",
             f"{drain:.1f}s" + (f", {len(unanswered)} never answered" if unanswered else ""),
-            not unanswered and drain <= DRAIN_TARGET,
+            not unanswered and drain <= bound,
         )
     )
     drained = (

@@ -17,7 +17,11 @@ from tests.test_breaker import FakeClock
 from tests.test_consumer import depth, received, run_until
 from tests.test_fifo import take_all
 from widgets.consumer import outbox as outbox_module
+from widgets.consumer.breaker import Breaker
+from widgets.consumer.dispatcher import Dispatcher
+from widgets.consumer.heartbeat import Heartbeat
 from widgets.consumer.outbox import MAX_UNSETTLED, MAX_UNSETTLED_AGE, Outbox
+from widgets.consumer.receiver import FAILING_FOR, Receiver
 from widgets.messages import Received
 from widgets.sqs import MAX_OUTAGE_BACKOFF, OutageLog, QueueUrls, create_queue
 
@@ -226,3 +230,45 @@ def test_one_failed_call_is_retried_at_once_and_an_outage_logged_once(
     assert outage.error == "cannot reach SQS at https://sqs.us-east-1.amazonaws.com"
     outage.recovered()
     assert [r.getMessage().split(" ")[0] for r in caplog.records] == ["sqs_outage", "sqs_recovered"]
+
+
+def test_the_age_bound_allows_for_the_write_timeout(sqs: Any, queues: QueueUrls) -> None:
+    clock = FakeClock()
+    outbox = Outbox(sqs, queues, flush_interval=0, clock=clock, write_timeout=5)
+    [message] = received(sqs, queues.request, 1)
+    outbox.change_visibility(message, 30)
+    clock.now += 19  # a hung write or two (5 s each) and their retries: not yet behind
+    assert not outbox.behind()
+    clock.now += 1.1  # four write timeouts
+    assert outbox.behind()
+
+
+def test_a_receive_failure_is_old_news_while_settling_holds_receiving_back(
+    sqs: Any, queues: QueueUrls
+) -> None:
+    stopping = threading.Event()
+    behind = [False]
+    receiver = Receiver(
+        sqs=sqs,
+        url=queues.request,
+        dispatcher=Dispatcher(
+            workers=1, lookahead=1, handle=lambda m: True, release=print, stopping=stopping
+        ),
+        breaker=Breaker(),
+        probe=lambda: True,
+        heartbeat=Heartbeat(extend=lambda m, s, done: None, visibility_timeout=5),
+        batch_size=1,
+        wait_time=0,
+        visibility_timeout=5,
+        stopping=stopping,
+        behind=lambda: behind[0],
+    )
+    error = EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+    receiver._outage.failed(error)
+    receiver._outage.failed(error)
+    assert receiver.failing() is None  # not for half a second yet: two throttles in a row are no outage
+    receiver._outage.since = time.monotonic() - FAILING_FOR
+    assert receiver.failing() == "cannot reach SQS at https://sqs.us-east-1.amazonaws.com"
+    behind[0] = True
+    assert receiver._held_back()
+    assert receiver.failing() is None

@@ -95,7 +95,12 @@ class Consumer:
         self.settings = settings
         self.observer = observer or Observer()
         self.stopping = threading.Event()
-        self.outbox = Outbox(writes or sqs, urls, settings.flush_interval)
+        self.outbox = Outbox(
+            writes or sqs,
+            urls,
+            settings.flush_interval,
+            write_timeout=write_timeout(settings.visibility_timeout),
+        )
         self.maker = MakerClient(
             url=settings.maker_url,
             timeout=settings.http_timeout,

@@ -55,11 +55,14 @@ RETRY_CAP = 2.0
 # Backpressure: past either bound, the receiver stops receiving until settling catches up.
 # In normal work settling holds a few dozen requests (about 40 with 20 ms per SQS call at 1,200
 # a second); 500 is over ten times that, and bounds the memory held by requests in settlement
-# (bodies, responses). A write unconfirmed for 10 s has failed several times in a row, each try
-# within RETRY_CAP of the last: SQS is failing the consumer's writes, and receiving more would
-# only add requests for the heartbeat to keep invisible on the same failing SQS.
+# (bodies, responses). A settlement unconfirmed for 10 s, and for at least AGE_TIMEOUTS write
+# timeouts, has failed several times in a row (a settlement is two or three writes; one that
+# hangs costs a write timeout and is tried again at once, one that fails is tried again within
+# RETRY_CAP): SQS is failing the consumer's writes, and receiving more would only add requests
+# for the heartbeat to keep invisible on the same failing SQS.
 MAX_UNSETTLED = 500
 MAX_UNSETTLED_AGE = 10.0
+AGE_TIMEOUTS = 4
 
 # Told when a chain ends: the start of the call SQS confirmed, or None if SQS refused it for good.
 Done = Callable[[float | None], None]
@@ -151,13 +154,15 @@ class Outbox:
         *,
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,
+        write_timeout: float = 1.0,
     ) -> None:
         """Prepare an empty outbox writing through sqs; start() runs it. Writes wait up to flush_interval
-        to fill a batch."""
+        to fill a batch; a call of sqs gives up after write_timeout."""
         self.sqs = sqs
         self.urls = urls
         self.flush_interval = flush_interval
         self.clock = clock
+        self.max_age = max(MAX_UNSETTLED_AGE, AGE_TIMEOUTS * write_timeout)
         self.fifo_responses = is_fifo(urls.response)
         self._random = random.Random(seed)
         self._changed = threading.Condition()
@@ -315,7 +320,7 @@ class Outbox:
         does not stop and start again with every write confirmed near a bound.
         """
         share = 0.5 if self._behind else 1.0
-        self._behind = self.pending() > MAX_UNSETTLED * share or self.oldest() > MAX_UNSETTLED_AGE * share
+        self._behind = self.pending() > MAX_UNSETTLED * share or self.oldest() > self.max_age * share
         return self._behind
 
     def failing_for(self) -> float:

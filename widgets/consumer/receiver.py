@@ -104,9 +104,15 @@ class Receiver:
         return all(thread.is_alive() for thread in self._threads)
 
     def failing(self) -> str | None:
-        """Return why receives fail, once they have failed for FAILING_FOR; else None."""
+        """Return why receives fail, once they have failed for FAILING_FOR; else None.
+
+        None too while settling holds receiving back: the last receive's failure is old news then
+        (the writes' own failures are judged apart).
+        """
         error = self._outage.error
-        return error if error is not None and self._outage.lasted() >= FAILING_FOR else None
+        if error is None or self._held_back_since is not None:
+            return None
+        return error if self._outage.lasted() >= FAILING_FOR else None
 
     def join(self, timeout: float) -> None:
         """Wait up to timeout for the receives in progress to end."""
