@@ -12,6 +12,7 @@ import click
 
 from widgets.cli import CONTEXT_SETTINGS, Command, settings_options, sqs_options
 from widgets.consumer import Queues, Settings, run
+from widgets.consumer.signing import SECRET_ENV, parse_secrets
 from widgets.logs import FORMATS, LEVELS, configure_logging
 
 
@@ -54,8 +55,10 @@ def main(
 
     Every request ends OK, REJECTED or FAILED, reported on the response queue; FAILED
     ones are also kept in the dead-letter queue. Ctrl-C or SIGTERM stops it cleanly.
-    Set WIDGET_MAKER_TOKEN if the maker requires a token. A request queue named *.fifo
-    is a FIFO queue: each message group's requests are then made in order.
+    Set WIDGET_MAKER_TOKEN if the maker requires a token, and WEBHOOK_SECRET (whsec_...,
+    several space-separated during a rotation) to sign each call as Standard Webhooks says.
+    A request queue named *.fifo is a FIFO queue: each message group's requests are then
+    made in order. The general relay, for any queue and any HTTP service, is sqs_relay.py.
 
     \b
     Examples:
@@ -65,7 +68,11 @@ def main(
         venv/bin/python widget_consumer.py --sqs-request-queue WidgetRequestQueue.fifo \\
             --sqs-response-queue WidgetResponseQueue.fifo
     """
-    settings = Settings(**options, token=os.environ.get("WIDGET_MAKER_TOKEN") or None)
+    settings = Settings(
+        **options,
+        token=os.environ.get("WIDGET_MAKER_TOKEN") or None,
+        signing_keys=tuple(parse_secrets(os.environ.get(SECRET_ENV))),
+    )
     queues = Queues(sqs_request_queue, sqs_response_queue, dead_letter_queue, create_queues)
     queues.names()  # a dead-letter queue of the wrong kind is a usage error, before logging starts
     configure_logging(log_level, log_format, background=True)

@@ -146,8 +146,15 @@ def fresh_queues(sqs: SQSClient, phase: str) -> QueueUrls:
 
 def drop_queues(sqs: SQSClient, urls: QueueUrls) -> None:
     """Delete a phase's queues and whatever is left in them."""
-    for url in (urls.request, urls.response, urls.dead_letter):
+    for url in (urls.request, response_queue(urls), urls.dead_letter):
         sqs.delete_queue(QueueUrl=url)
+
+
+def response_queue(urls: QueueUrls) -> str:
+    """Return the response queue of a bench phase (each has one)."""
+    if urls.response is None:
+        raise ValueError("a bench phase needs a response queue")
+    return urls.response
 
 
 def visible(sqs: SQSClient, url: str) -> int:
@@ -193,7 +200,7 @@ def drain_raw_respond(sqs: SQSClient, urls: QueueUrls, count: int) -> int:
         if not messages:
             raise RuntimeError(f"raw+respond drain: the queue ran dry after {done} of {count}")
         sqs.send_message_batch(
-            QueueUrl=urls.response,
+            QueueUrl=response_queue(urls),
             Entries=[
                 {"Id": str(i), "MessageBody": response_body(m["MessageId"], None, OK, 1)}
                 for i, m in enumerate(messages)
@@ -256,7 +263,7 @@ def drain_one_at_a_time(sqs: SQSClient, urls: QueueUrls, maker_url: str, sample:
             )
             answer.raise_for_status()
             body = response_body(message["MessageId"], widget_id, OK, 1, widget=answer.json())
-            sqs.send_message(QueueUrl=urls.response, MessageBody=body)
+            sqs.send_message(QueueUrl=response_queue(urls), MessageBody=body)
             sqs.delete_message(QueueUrl=urls.request, ReceiptHandle=message["ReceiptHandle"])
             done += 1
         time.sleep(SEED_SLEEP)
@@ -339,7 +346,7 @@ class Bench:
                 name,
                 depth,
                 {"client": consumer.popen.pid, **self.servers, **(extra or {})},
-                lambda: wait_for_outcomes(consumer, self.sqs, urls.response, self.count, outcomes),
+                lambda: wait_for_outcomes(consumer, self.sqs, response_queue(urls), self.count, outcomes),
                 readers,
             )
         finally:

@@ -200,7 +200,7 @@ def test_a_failing_request_is_retried_after_the_delay(
     assert again.receive_count == 2
 
 
-@pytest.mark.parametrize("code", [500, 502, 503, 408, 429, 401, 403])
+@pytest.mark.parametrize("code", [500, 502, 503, 401, 403, 407, 408, 409, 429])
 def test_maker_failure_answers_are_retried(
     sqs: Any, queues: QueueUrls, scripted_maker: tuple[ScriptedMaker, str], code: int
 ) -> None:
@@ -212,7 +212,7 @@ def test_maker_failure_answers_are_retried(
     assert depth(sqs, queues.request) == (0, 1)
 
 
-@pytest.mark.parametrize("code", [400, 404, 409, 413, 415, 422])
+@pytest.mark.parametrize("code", [400, 404, 410, 413, 415, 422])
 def test_other_client_errors_are_rejected(
     sqs: Any, queues: QueueUrls, scripted_maker: tuple[ScriptedMaker, str], code: int
 ) -> None:
@@ -698,7 +698,7 @@ def test_a_message_the_consumer_keeps_failing_on_ends_failed(
     def broken(*args: Any) -> Any:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(MakerClient, "create", broken)
+    monkeypatch.setattr(MakerClient, "send", broken)
     consumer = Consumer(sqs, queues, Settings(maker_url=maker_url, wait_time=0, max_receives=1))
     sqs.send_message(QueueUrl=queues.request, MessageBody=request_body(VALID_ID))
     consumer.start()

@@ -12,7 +12,7 @@ from widgets.consumer import Settings
 
 # Settings without an option, on purpose: a secret stays off the command line (and out of
 # `ps`), and the outbox's flush interval is a tuning knob for tests, not for operators.
-NOT_OPTIONS = {"token", "flush_interval"}  # the token comes from WIDGET_MAKER_TOKEN
+NOT_OPTIONS = {"token", "signing_keys", "flush_interval"}  # from WIDGET_MAKER_TOKEN, WEBHOOK_SECRET
 
 
 def test_every_setting_is_an_option() -> None:

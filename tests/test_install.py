@@ -14,7 +14,7 @@ import pytest
 
 from devtools.stack import PYTHON, ROOT, Process, free_port, start_sqs, wait_http
 
-SCRIPTS = ("widget_producer", "widget_consumer", "widget_maker", "widget_queues")
+SCRIPTS = ("widget_producer", "widget_consumer", "widget_maker", "widget_queues", "sqs_relay")
 
 
 def project() -> dict[str, object]:

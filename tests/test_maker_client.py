@@ -12,6 +12,7 @@ from devtools.stack import free_port
 from tests.conftest import ScriptedMaker
 from widgets.consumer.maker_client import FAILING, OVERLOADED, UNREACHABLE, MakerClient, parse_retry_after
 from widgets.consumer.observer import Observer
+from widgets.consumer.widget_adapter import widget_call
 from widgets.messages import OK, REJECTED, RETRY
 
 VALID_ID = "31f37378-54f4-11e5-ad75-3c970e65f731"
@@ -48,7 +49,7 @@ def test_answers_are_classified(
 ) -> None:
     script, url = scripted_maker
     script.status = code
-    answer = MakerClient(url=url, timeout=2).create(VALID_ID, "message-1")
+    answer = MakerClient(url=url, timeout=2).send(widget_call(VALID_ID, "message-1"))
     assert (answer.status, answer.failure, answer.code) == (status, failure, code)
 
 
@@ -56,20 +57,20 @@ def test_retry_after_header_is_read(scripted_maker: tuple[ScriptedMaker, str]) -
     script, url = scripted_maker
     script.status = 429
     script.headers = {"Retry-After": "2"}
-    answer = MakerClient(url=url, timeout=2).create(VALID_ID, "message-1")
+    answer = MakerClient(url=url, timeout=2).send(widget_call(VALID_ID, "message-1"))
     assert answer.retry_after == 2.0
 
 
 def test_no_connection_is_unreachable() -> None:
     client = MakerClient(url=f"http://127.0.0.1:{free_port()}/add", timeout=2)
-    assert client.create(VALID_ID, "message-1").failure == UNREACHABLE
+    assert client.send(widget_call(VALID_ID, "message-1")).failure == UNREACHABLE
     assert client.healthy() is False
 
 
 def test_a_slow_maker_is_a_failing_call(scripted_maker: tuple[ScriptedMaker, str]) -> None:
     script, url = scripted_maker
     script.delay = 0.5
-    answer = MakerClient(url=url, timeout=0.1).create(VALID_ID, "message-1")
+    answer = MakerClient(url=url, timeout=0.1).send(widget_call(VALID_ID, "message-1"))
     assert (answer.status, answer.failure) == (RETRY, FAILING)
 
 
@@ -89,13 +90,13 @@ def test_each_call_is_reported_with_its_answer_and_time(scripted_maker: tuple[Sc
     script, url = scripted_maker
     observer = Calls()
     client = MakerClient(url=url, timeout=0.5, observer=observer)
-    client.create(VALID_ID, "message-1")
+    client.send(widget_call(VALID_ID, "message-1"))
     script.status = 500
-    client.create(VALID_ID, "message-2")
+    client.send(widget_call(VALID_ID, "message-2"))
     script.delay = 1.0
-    client.create(VALID_ID, "message-3")
-    MakerClient(url=f"http://127.0.0.1:{free_port()}/add", timeout=2, observer=observer).create(
-        VALID_ID, "message-4"
+    client.send(widget_call(VALID_ID, "message-3"))
+    MakerClient(url=f"http://127.0.0.1:{free_port()}/add", timeout=2, observer=observer).send(
+        widget_call(VALID_ID, "message-4")
     )
     assert [(code, no_answer) for code, no_answer, _ in observer.calls] == [
         (201, None),
@@ -113,7 +114,7 @@ def test_calls_under_way_are_counted(scripted_maker: tuple[ScriptedMaker, str]) 
     client = MakerClient(url=url, timeout=2)
     seen: list[int] = []
     with ThreadPoolExecutor(3) as pool:
-        calls = [pool.submit(client.create, VALID_ID, f"message-{n}") for n in range(3)]
+        calls = [pool.submit(client.send, widget_call(VALID_ID, f"message-{n}")) for n in range(3)]
         while len(script.requests) < 3:
             time.sleep(0.01)
         seen.append(client.in_flight)
@@ -127,9 +128,9 @@ def test_each_thread_keeps_one_connection_alive(scripted_maker: tuple[ScriptedMa
     script.keep_alive = True
     client = MakerClient(url=url, timeout=2)
     for n in range(3):
-        assert client.create(VALID_ID, f"message-{n}").status == OK
+        assert client.send(widget_call(VALID_ID, f"message-{n}")).status == OK
     with ThreadPoolExecutor(1) as pool:
-        assert pool.submit(client.create, VALID_ID, "message-3").result().status == OK
+        assert pool.submit(client.send, widget_call(VALID_ID, "message-3")).result().status == OK
     clients = [request["client"] for request in script.requests]
     assert clients[0] == clients[1] == clients[2] != clients[3]
 
@@ -139,7 +140,7 @@ def test_a_connection_the_maker_closed_is_replaced(scripted_maker: tuple[Scripte
     script.keep_alive = True
     script.drop_after_answer = True  # the client still thinks the connection is open
     client = MakerClient(url=url, timeout=2)
-    answers = [client.create(VALID_ID, f"message-{n}") for n in range(3)]
+    answers = [client.send(widget_call(VALID_ID, f"message-{n}")) for n in range(3)]
     assert [answer.status for answer in answers] == [OK] * 3
     assert [r["headers"]["Idempotency-Key"] for r in script.requests] == [f"message-{n}" for n in range(3)]
     assert len({r["client"] for r in script.requests}) == 3
@@ -152,7 +153,9 @@ def test_the_maker_is_called_through_the_environments_proxy(
     proxy = proxy_url.removesuffix("/add").replace("http://", "http://user:s%40cret@")
     monkeypatch.setenv("HTTP_PROXY", proxy)
     monkeypatch.setenv("NO_PROXY", "")
-    answer = MakerClient(url="http://maker.example:8080/add", timeout=2).create(VALID_ID, "message-1")
+    answer = MakerClient(url="http://maker.example:8080/add", timeout=2).send(
+        widget_call(VALID_ID, "message-1")
+    )
     assert answer.status == OK
     [request] = script.requests
     assert request["path"] == "http://maker.example:8080/add"
@@ -165,5 +168,5 @@ def test_no_proxy_is_honoured(
     script, url = scripted_maker
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # nobody there
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    assert MakerClient(url=url, timeout=2).create(VALID_ID, "message-1").status == OK
+    assert MakerClient(url=url, timeout=2).send(widget_call(VALID_ID, "message-1")).status == OK
     assert script.requests[0]["path"] == "/add"

@@ -58,12 +58,12 @@ def option_fields(settings: type) -> Iterator[dataclasses.Field[Any]]:
             yield field
 
 
-def settings_options(settings: type) -> Callable[[F], F]:
-    """Return a decorator adding one click option per option field of settings, in their order."""
+def settings_options(settings: type, exclude: frozenset[str] = frozenset()) -> Callable[[F], F]:
+    """Return a decorator adding one click option per option field of settings (but those excluded)."""
     hints = typing.get_type_hints(settings)
 
     def add(function: F) -> F:
-        for field in reversed(list(option_fields(settings))):
+        for field in reversed([f for f in option_fields(settings) if f.name not in exclude]):
             function = field_option(field, hints[field.name])(function)
         return function
 
@@ -93,8 +93,8 @@ def field_option(field: dataclasses.Field[Any], hint: Any) -> Callable[[F], F]:
     )
 
 
-def sqs_options(function: F) -> F:
-    """Add the options every SQS script takes: where SQS is and which queues to use."""
+def endpoint_options(function: F) -> F:
+    """Add the options that say where SQS is: Amazon SQS in a region, or an endpoint (the local SQS)."""
     options = [
         click.option(
             "--region",
@@ -107,6 +107,15 @@ def sqs_options(function: F) -> F:
             envvar=["AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL"],
             help="SQS endpoint, e.g. the local SQS [env AWS_ENDPOINT_URL].",
         ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def sqs_options(function: F) -> F:
+    """Add the options every widget script takes: where SQS is and which queues to use."""
+    options = [
         click.option(
             "--sqs-request-queue",
             default=REQUEST_QUEUE,
@@ -122,4 +131,4 @@ def sqs_options(function: F) -> F:
     ]
     for option in reversed(options):
         function = option(function)
-    return function
+    return endpoint_options(function)

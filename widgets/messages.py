@@ -38,6 +38,7 @@ class Received:
     attributes: dict[str, Any]
     received_at: float  # time.monotonic() when it arrived: its visibility timeout runs from then
     group_id: str | None = None  # its message group, on a FIFO queue
+    sent_timestamp: str | None = None  # when it was first sent, SQS's SentTimestamp (ms since the epoch)
 
     @classmethod
     def from_sqs(cls, message: Mapping[str, Any], received_at: float | None = None) -> Received:
@@ -51,6 +52,7 @@ class Received:
             attributes=message.get("MessageAttributes", {}),
             received_at=time.monotonic() if received_at is None else received_at,
             group_id=system.get("MessageGroupId"),
+            sent_timestamp=system.get("SentTimestamp"),
         )
 
     @property

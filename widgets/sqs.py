@@ -100,10 +100,10 @@ class FifoFields(TypedDict, total=False):
 
 @dataclass(frozen=True)
 class QueueUrls:
-    """The URLs of the three queues of the pipeline."""
+    """The URLs of the pipeline's queues (a relay without outcome reports has no response queue)."""
 
     request: str
-    response: str
+    response: str | None
     dead_letter: str
 
 
@@ -287,7 +287,7 @@ def create_queue(client: SQSClient, name: str) -> str:
 
 
 def ensure_queues(
-    client: SQSClient, request: str, response: str, dead_letter: str, max_receives: int
+    client: SQSClient, request: str, response: str | None, dead_letter: str, max_receives: int
 ) -> QueueUrls:
     """Create the three queues if missing, with the request queue redriving to the dead-letter one.
 
@@ -308,13 +308,15 @@ def ensure_queues(
             "maxReceiveCount": str(max_receives + redrive_margin(is_fifo(request))),
         }
         client.set_queue_attributes(QueueUrl=request_url, Attributes={"RedrivePolicy": json.dumps(redrive)})
-        response_url = create_queue(client, response)
+        response_url = create_queue(client, response) if response is not None else None
     return QueueUrls(request_url, response_url, dead_letter_url)
 
 
-def find_queues(client: SQSClient, request: str, response: str, dead_letter: str) -> QueueUrls:
+def find_queues(client: SQSClient, request: str, response: str | None, dead_letter: str) -> QueueUrls:
     """Return the URLs of the three queues, failing clearly if one is missing."""
-    return QueueUrls(queue_url(client, request), queue_url(client, response), queue_url(client, dead_letter))
+    request_url = queue_url(client, request)
+    response_url = queue_url(client, response) if response is not None else None
+    return QueueUrls(request_url, response_url, queue_url(client, dead_letter))
 
 
 def batches(items: list[Any], size: int = MAX_BATCH) -> Iterator[list[Any]]:

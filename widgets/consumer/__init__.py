@@ -1,6 +1,6 @@
 """The consumer: SQS requests to maker calls, each settled once SQS confirms it (see consumer.py)."""
 
-from widgets.consumer.consumer import Consumer, Queues, run
+from widgets.consumer.consumer import Consumer, Queues, Target, run
 from widgets.consumer.settings import Settings
 
-__all__ = ["Consumer", "Queues", "Settings", "run"]
+__all__ = ["Consumer", "Queues", "Settings", "Target", "run"]

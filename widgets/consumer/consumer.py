@@ -37,7 +37,7 @@ import boto3
 from widgets.consumer.breaker import Breaker
 from widgets.consumer.dispatcher import Dispatcher
 from widgets.consumer.endpoint import Endpoint
-from widgets.consumer.handling import Handler
+from widgets.consumer.handling import Adapter, Handler
 from widgets.consumer.health import Health, ReceiverState, WriterState, check
 from widgets.consumer.heartbeat import Heartbeat
 from widgets.consumer.maker_client import MakerClient
@@ -47,6 +47,8 @@ from widgets.consumer.outbox import CALLS_IN_FLIGHT, LANES, Outbox
 from widgets.consumer.rate_limit import RateLimiter
 from widgets.consumer.receiver import Receiver
 from widgets.consumer.settings import Settings
+from widgets.consumer.signing import Signer
+from widgets.consumer.widget_adapter import WidgetAdapter, maker_health_url
 from widgets.errors import SetupError, UsageError
 from widgets.messages import FAILED, OK, REJECTED, RETRY
 from widgets.sqs import (
@@ -86,11 +88,14 @@ class Consumer:
         settings: Settings,
         observer: Observer | None = None,
         writes: SQSClient | None = None,
+        target: Target | None = None,
     ) -> None:
         """Build every mechanism from the settings; each reports to observer (by default, to nobody).
 
         Receives go through sqs, writes through writes (a client with short timeouts; default: sqs).
+        The target is where the calls go and what builds them (default: the widget maker).
         """
+        target = target or widget_target(settings)
         self.sqs = sqs
         self.settings = settings
         self.observer = observer or Observer()
@@ -102,9 +107,12 @@ class Consumer:
             write_timeout=write_timeout(settings.visibility_timeout),
         )
         self.maker = MakerClient(
-            url=settings.maker_url,
+            url=target.url,
             timeout=settings.http_timeout,
-            token=settings.token,
+            method=target.method,
+            health_url=target.health_url,
+            signer=Signer(list(settings.signing_keys)) if settings.signing_keys else None,
+            name=target.name,
             observer=self.observer,
         )
         self.breaker = Breaker(max_wait=float(min(max(settings.retry_delay, 1), 30)))
@@ -115,6 +123,7 @@ class Consumer:
         self.handler = Handler(
             outbox=self.outbox,
             maker=self.maker,
+            adapter=target.adapter,
             breaker=self.breaker,
             heartbeat=self.heartbeat,
             limiter=self.limiter,
@@ -256,7 +265,9 @@ def open_endpoint(settings: Settings) -> Endpoint | None:
 def warn_if_maker_is_down(maker: MakerClient) -> None:
     """Say at start when the maker does not answer, rather than leave it to the breaker's log."""
     if not maker.healthy():
-        log.warning("maker_unreachable at %s: requests wait in the queue until it answers", maker.url)
+        log.warning(
+            "%s_unreachable at %s: requests wait in the queue until it answers", maker.name, maker.url
+        )
 
 
 def install_signal_handlers() -> list[int]:
@@ -279,15 +290,32 @@ def install_signal_handlers() -> list[int]:
 
 
 @dataclass(frozen=True)
+class Target:
+    """Where a consumer's calls go, how, what the breaker probes, and the adapter that builds them."""
+
+    url: str
+    adapter: Adapter
+    method: str = "POST"
+    health_url: str | None = None  # None: the breaker probes with a TCP connect
+    name: str = "target"  # in reasons and logs: "maker unreachable"
+
+
+def widget_target(settings: Settings) -> Target:
+    """Return the widget maker as a target: POST to --maker-url, probes of its /healthz."""
+    url = settings.maker_url
+    return Target(url, WidgetAdapter(settings.token), "POST", maker_health_url(url), "maker")
+
+
+@dataclass(frozen=True)
 class Queues:
     """The names of the consumer's three queues, and whether to create them."""
 
     request: str
-    response: str
+    response: str | None  # None: no outcome reports
     dead_letter: str | None = None  # default: dead_letter_queue_name(request)
     create: bool = True
 
-    def names(self) -> tuple[str, str, str]:
+    def names(self) -> tuple[str, str | None, str]:
         """Return the request, response and dead-letter queue names (refusing a dead-letter queue of the
         wrong kind)."""
         dead_letter = self.dead_letter or dead_letter_queue_name(self.request)
@@ -334,13 +362,20 @@ def connect(
     return receives, writes, urls
 
 
-def run(region: str | None, endpoint_url: str | None, settings: Settings, queues: Queues) -> None:
-    """Consume until SIGINT or SIGTERM, then stop cleanly (what widget_consumer.py runs)."""
+def run(
+    region: str | None,
+    endpoint_url: str | None,
+    settings: Settings,
+    queues: Queues,
+    target: Target | None = None,
+) -> None:
+    """Consume until SIGINT or SIGTERM, then stop cleanly (what widget_consumer.py and sqs_relay.py run)."""
     queues.names()  # a dead-letter queue of the wrong kind is refused before anything starts
     endpoint = open_endpoint(settings)
     metrics = ConsumerMetrics() if endpoint is not None else None
     sqs, writes, urls = connect(region, endpoint_url, settings, queues)
-    consumer = Consumer(sqs, urls, settings, observer=metrics, writes=writes)
+    target = target or widget_target(settings)
+    consumer = Consumer(sqs, urls, settings, observer=metrics, writes=writes, target=target)
     warn_if_maker_is_down(consumer.maker)
     signals = install_signal_handlers()
     log.info(
@@ -348,7 +383,7 @@ def run(region: str | None, endpoint_url: str | None, settings: Settings, queues
         queues.request,
         " (FIFO: each group in order)" if is_fifo(queues.request) else "",
         sqs.meta.endpoint_url,
-        settings.maker_url,
+        target.url,
         settings.workers,
         settings.max_receives,
         settings.retry_delay,

@@ -25,16 +25,17 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import threading
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from widgets.consumer.breaker import HALF_OPEN, Breaker
 from widgets.consumer.heartbeat import Heartbeat
-from widgets.consumer.maker_client import MakerAnswer, MakerClient
+from widgets.consumer.maker_client import Call, MakerAnswer, MakerClient
 from widgets.consumer.outbox import Outbox
 from widgets.consumer.rate_limit import RateLimiter
 from widgets.logs import printable
@@ -47,8 +48,6 @@ from widgets.messages import (
     RETRY,
     InvalidRequest,
     Received,
-    parse_request,
-    response_body,
 )
 from widgets.sqs import (
     MAX_VISIBILITY,
@@ -73,29 +72,54 @@ MAX_REMEMBERED = 10_000
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one delivery of a request: a status, why, the widget for OK, the delay for RETRY."""
+    """What became of one delivery of a request: a status, why, the target's answer, the delay for RETRY."""
 
     status: str
-    widget_id: str | None = None
+    widget_id: str | None = None  # the request's subject (its widget id), when its adapter names one
     reason: str | None = None
-    widget: dict[str, Any] | None = None
+    widget: dict[str, Any] | None = None  # a 2xx answer's JSON object (the widget)
     delay: int = 0
+    answer: MakerAnswer | None = None  # the target's answer, when the call got one
+
+
+class Adapter(Protocol):
+    """What a face of the relay decides: the call a message makes, and the report of its outcome."""
+
+    subject_field: str | None  # the log field naming a request's subject ("widget_id"), or None
+
+    def request(self, message: Received) -> Call:
+        """Return the call a message makes; raise InvalidRequest if it can never make one."""
+
+    def report(self, message: Received, outcome: Outcome) -> str:
+        """Return the outcome report of a settled request (the response queue's message body)."""
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """When a failing request is retried, and when it is given up."""
+    """When a failing request is retried, and when it is given up.
+
+    backoff: fixed (retry_delay each time), exponential (doubling from it), or jitter (exponential
+    with full jitter: drawn between 0 and the doubling bound, so requests failing together do not
+    come back together); delays, when given, is the schedule instead: the nth failed delivery
+    waits delays[n - 1] (the last one from then on).
+    """
 
     max_receives: int = 3
     retry_delay: int = 30
     backoff: str = "fixed"
     fifo: bool = False
+    delays: tuple[int, ...] = ()
 
-    def delay(self, receive_count: int) -> int:
+    def delay(self, receive_count: int, rng: random.Random | None = None) -> int:
         """Return the seconds to wait before the next delivery after the given failed delivery."""
+        failed = max(receive_count, 1)
+        if self.delays:
+            return min(self.delays[min(failed, len(self.delays)) - 1], MAX_VISIBILITY)
         delay = self.retry_delay
-        if self.backoff == "exponential":
-            delay = self.retry_delay * 2 ** min(max(receive_count - 1, 0), 20)
+        if self.backoff in ("exponential", "jitter"):
+            delay = min(self.retry_delay * 2 ** min(failed - 1, 20), MAX_VISIBILITY)
+        if self.backoff == "jitter":
+            delay = round((rng or random).uniform(0, delay))
         return min(delay, MAX_VISIBILITY)
 
     @property
@@ -135,6 +159,7 @@ class Handler:
         *,
         outbox: Outbox,
         maker: MakerClient,
+        adapter: Adapter,
         breaker: Breaker,
         heartbeat: Heartbeat,
         limiter: RateLimiter,
@@ -144,6 +169,7 @@ class Handler:
         """Wire the handler to the mechanisms it uses."""
         self.outbox = outbox
         self.maker = maker
+        self.adapter = adapter
         self.breaker = breaker
         self.heartbeat = heartbeat
         self.limiter = limiter
@@ -181,34 +207,36 @@ class Handler:
         if self.heartbeat.running_out(message):
             return self.hand_back(message, "its visibility timeout is nearly over")
         try:
-            widget_id = parse_request(message.body)
+            call = self.adapter.request(message)
         except InvalidRequest as exc:
             return self.settle(message, Outcome(REJECTED, None, str(exc)), started)
         if not self.limiter.wait(self.stopping):
             return self.hand_back(message, "the consumer is stopping")
         admitted = self.breaker.admit()
         if admitted is None:
-            return self.hand_back(message, "the maker is down")
-        answer = self.maker.create(widget_id, message.request_id)
-        outcome = self.classify(message, widget_id, answer, trial=admitted == HALF_OPEN)
+            return self.hand_back(message, f"the {self.maker.name} is down")
+        answer = self.maker.send(call)
+        outcome = self.classify(message, call.subject, answer, trial=admitted == HALF_OPEN)
         return self.settle(message, outcome, started)
 
     def classify(
-        self, message: Received, widget_id: str, answer: MakerAnswer, trial: bool = False
+        self, message: Received, widget_id: str | None, answer: MakerAnswer, trial: bool = False
     ) -> Outcome:
         """Turn the maker's answer into an outcome, telling the request's failures from the maker's."""
         if answer.status != RETRY:
             self.breaker.succeeded()
-            return Outcome(answer.status, widget_id, answer.reason, answer.widget)
+            return Outcome(answer.status, widget_id, answer.reason, answer.widget, answer=answer)
         reason = answer.reason or "maker failed"
         if self.breaker.failed(message.request_id, answer.failure, reason, answer.retry_after, trial):
             # The maker is down as a whole: not this request's failure. It comes back when the
             # breaker next lets requests through (or when the maker said to retry).
             wait = answer.retry_after if answer.retry_after is not None else self.breaker.until_probe()
             self._not_counted(message)
-            return Outcome(RETRY, widget_id, f"{reason}; maker down, not counted", delay=math.ceil(wait))
+            reason = f"{reason}; {self.maker.name} down, not counted"
+            return Outcome(RETRY, widget_id, reason, delay=math.ceil(wait))
         if self.attempts(message) >= self.policy.max_receives:
-            return Outcome(FAILED, widget_id, f"{reason}; gave up after {message.receive_count} receives")
+            reason = f"{reason}; gave up after {message.receive_count} receives"
+            return Outcome(FAILED, widget_id, reason, answer=answer)
         if answer.retry_after is not None:
             return Outcome(RETRY, widget_id, reason, delay=math.ceil(answer.retry_after))
         return Outcome(RETRY, widget_id, reason, delay=self.policy.delay(message.receive_count))
@@ -243,14 +271,7 @@ class Handler:
             if self.fifo:
                 with self._uncounted_lock:
                     self._uncounted.pop(message.message_id, None)
-            body = response_body(
-                message.request_id,
-                outcome.widget_id,
-                outcome.status,
-                message.receive_count,
-                outcome.reason,
-                outcome.widget,
-            )
+            body = self.adapter.report(message, outcome) if self.outbox.urls.response else None
             # A FAILED request's dead-letter copy is kept before it is deleted.
             dead_letter = (
                 dead_letter_attributes(message, outcome.reason or "") if outcome.status == FAILED else None
@@ -287,7 +308,7 @@ class Handler:
         self.heartbeat.forget(message)
         if self.out_of_deliveries(message):
             try:
-                widget_id: str | None = parse_request(message.body)
+                widget_id = self.adapter.request(message).subject
             except InvalidRequest:
                 widget_id = None
             reason = f"handed back ({why}); {self._limit_reason(message)}"
@@ -323,17 +344,18 @@ class Handler:
         detail = f" reason={outcome.reason!r}" if outcome.reason else ""
         if outcome.status == RETRY:
             detail = f" retry_in={outcome.delay}s{detail}"
+        subject = self.adapter.subject_field
         log.info(
-            "%s message_id=%s widget_id=%s receive_count=%d duration_ms=%s%s",
+            "%s message_id=%s%s receive_count=%d duration_ms=%s%s",
             outcome.status,
             message.message_id,
-            printable(outcome.widget_id),
+            f" {subject}={printable(outcome.widget_id)}" if subject else "",
             message.receive_count,
             duration_ms,
             detail,
             extra={
                 "message_id": message.message_id,
-                "widget_id": outcome.widget_id,
+                **({subject: outcome.widget_id} if subject else {}),
                 "receive_count": message.receive_count,
                 "status": outcome.status,
                 "duration_ms": duration_ms,

@@ -1,10 +1,12 @@
-"""The consumer's HTTP client for the widget maker: one POST per request, its answer classified."""
+"""The consumer's HTTP client for its target (the widget maker, or any service): one call per request,
+its answer classified as OK, REJECTED or RETRY."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import os
+import socket
 import ssl
 import threading
 import time
@@ -17,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 from widgets.consumer.observer import Observer
+from widgets.consumer.signing import Signer
 from widgets.messages import OK, REJECTED, RETRY
 from widgets.sqs import MAX_VISIBILITY
 
@@ -29,24 +32,40 @@ TIMEOUT = "timeout"
 ERROR = "error"
 
 OVERLOADED_STATUS_CODES = {429, 503}
-# Answers under 500 that say "not now" rather than "never": the request is retried. 401, 403 and
-# 407 are here too: a wrong token (or proxy password) is the consumer's fault, not the request's,
-# and rejecting every request until someone fixes it would discard them all.
-RETRY_STATUS_CODES = {401, 403, 407, 408, 429}
+# Answers under 500 that say "not now" rather than "never": the request is retried, every other
+# 4xx is REJECTED. 401, 403 and 407: a wrong token, signing secret or proxy password is the
+# relay's fault, not the request's, and rejecting every request until someone fixes it would
+# discard them all. 408: the target gave up waiting for the request, which may go through next
+# time. 409: a conflict with the target's current state (a concurrent change, an earlier request
+# of the same resource still in progress), which passes. 429: too many requests, for now.
+RETRY_STATUS_CODES = {401, 403, 407, 408, 409, 429}
+# How much of a target's answer an outcome report quotes.
+MAX_BODY_EXCERPT = 1000
 # How long the start-up check and the breaker's probes wait for GET /healthz.
 PROBE_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
+class Call:
+    """One HTTP call a request makes, as its adapter built it from the message."""
+
+    request_id: str  # the id it was first sent with: webhook-id and Idempotency-Key
+    body: bytes
+    headers: dict[str, str]
+    subject: str | None = None  # what the request is about, for logs and reports (a widget id)
+
+
+@dataclass(frozen=True)
 class MakerAnswer:
-    """The maker's answer to one request: OK, REJECTED or RETRY, why, and for RETRY how it failed."""
+    """The target's answer to one call: OK, REJECTED or RETRY, why, and for RETRY how it failed."""
 
     status: str
     reason: str | None = None
-    widget: dict[str, Any] | None = None
+    widget: dict[str, Any] | None = None  # a 2xx answer's JSON object, if it was one
     failure: str | None = None  # for RETRY: UNREACHABLE, OVERLOADED or FAILING
-    retry_after: float | None = None  # seconds the maker asked us to wait (Retry-After)
+    retry_after: float | None = None  # seconds the target asked us to wait (Retry-After)
     code: int | None = None  # the HTTP status, None when there was no answer
+    body: bytes = b""  # the start of the answer's body (MAX_BODY_EXCERPT bytes)
 
 
 def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
@@ -64,13 +83,13 @@ def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -
     return min(max(seconds, 0.0), float(MAX_VISIBILITY))
 
 
-def maker_error(status: int, body: bytes) -> str:
-    """Return the reason a maker answer gives, from its JSON error body when there is one."""
+def maker_error(status: int, body: bytes, name: str = "maker") -> str:
+    """Return the reason an answer gives, from its JSON error body when there is one."""
     try:
         detail = json.loads(body).get("error")
     except (ValueError, AttributeError, RecursionError):
         detail = None
-    return f"maker answered {status}" + (f": {detail}" if detail else "")
+    return f"{name} answered {status}" + (f": {detail}" if detail else "")
 
 
 class Connections:
@@ -139,63 +158,72 @@ class NoConnection(Exception):
 
 
 class MakerClient:
-    """POSTs widget requests to the maker and says whether it is up, each thread on its own connection."""
+    """Makes each request's call to the target and says whether it is up, each thread on its own connection.
+
+    Every call carries its request id as Idempotency-Key and, with a signer, is signed (signing.py).
+    """
 
     def __init__(
         self,
         *,
         url: str,
         timeout: float,
-        token: str | None = None,
+        method: str = "POST",
+        health_url: str | None = None,
+        signer: Signer | None = None,
+        name: str = "maker",
         observer: Observer | None = None,
     ) -> None:
-        """Prepare a client for the maker's add URL; its health URL is /healthz on the same host."""
+        """Prepare a client calling url; health_url is what the breaker probes (None: a TCP connect)."""
         self.url = url
+        self.method = method
+        self.name = name
+        self.signer = signer
         self.observer = observer or Observer()
         self.in_flight = 0  # calls under way
         self._in_flight_lock = threading.Lock()
         self.timeout = timeout
-        parsed = urlsplit(url)
-        self.health_url = f"{parsed.scheme}://{parsed.netloc}/healthz"
+        self.health_url = health_url
         self.connections = Connections(url)
         # What goes on the request line, worked out once: this runs for every message.
-        self.add_target = self.connections.target(url)
-        self.health_target = self.connections.target(self.health_url)
-        self.headers = {"Content-Type": "application/json", **self.connections.headers()}
-        if token:
-            self.headers["Authorization"] = f"Bearer {token}"
+        self.call_target = self.connections.target(url)
+        self.health_target = self.connections.target(health_url) if health_url else None
+        self.headers = self.connections.headers()
 
-    def create(self, widget_id: str, request_id: str) -> MakerAnswer:
-        """POST one request (its id as the idempotency key), classify the answer, and report the call."""
+    def send(self, call: Call) -> MakerAnswer:
+        """Make one request's call, classify the answer, and report the call."""
         with self._in_flight_lock:
             self.in_flight += 1
         started = time.perf_counter()
         try:
-            answer, no_answer = self._post(widget_id, request_id)
+            answer, no_answer = self._send(call)
         finally:
             with self._in_flight_lock:
                 self.in_flight -= 1
         self.observer.maker_call(answer.code, no_answer, time.perf_counter() - started)
         return answer
 
-    def _post(self, widget_id: str, request_id: str) -> tuple[MakerAnswer, str | None]:
-        """POST one request; return its classified answer and, when there was none, why not."""
-        body = json.dumps({"widget_id": widget_id}).encode()
+    def _send(self, call: Call) -> tuple[MakerAnswer, str | None]:
+        """Make one call; return its classified answer and, when there was none, why not."""
+        headers = {**self.headers, **call.headers, "Idempotency-Key": call.request_id}
+        if self.signer is not None:
+            headers.update(self.signer.headers(call.request_id, call.body))
+        name = self.name
         try:
-            code, headers, data = self.call(
-                "POST", self.add_target, body, {**self.headers, "Idempotency-Key": request_id}, self.timeout
+            code, answer_headers, data = self.call(
+                self.method, self.call_target, call.body, headers, self.timeout
             )
         except NoConnection:  # refused, no route, no name, connect timeout, TLS refused
-            return MakerAnswer(RETRY, "maker unreachable", failure=UNREACHABLE), UNREACHABLE
+            return MakerAnswer(RETRY, f"{name} unreachable", failure=UNREACHABLE), UNREACHABLE
         except TimeoutError:
-            reason = f"maker did not answer within {self.timeout:g}s"
+            reason = f"{name} did not answer within {self.timeout:g}s"
             return MakerAnswer(RETRY, reason, failure=FAILING), TIMEOUT
-        except ConnectionError:  # the connection dropped: the maker went away
-            reason = "maker unreachable (connection lost)"
+        except ConnectionError:  # the connection dropped: the target went away
+            reason = f"{name} unreachable (connection lost)"
             return MakerAnswer(RETRY, reason, failure=UNREACHABLE), UNREACHABLE
         except (http.client.HTTPException, OSError) as exc:
-            return MakerAnswer(RETRY, f"maker call failed: {type(exc).__name__}", failure=FAILING), ERROR
-        return self.classify(code, headers, data), None
+            return MakerAnswer(RETRY, f"{name} call failed: {type(exc).__name__}", failure=FAILING), ERROR
+        return self.classify(code, answer_headers, data, name), None
 
     def call(
         self, method: str, target: str, body: bytes | None, headers: dict[str, str], timeout: float
@@ -242,28 +270,43 @@ class MakerClient:
             raise
 
     @staticmethod
-    def classify(code: int, headers: http.client.HTTPMessage, data: bytes) -> MakerAnswer:
-        """Turn the maker's HTTP answer into OK, REJECTED or RETRY."""
+    def classify(
+        code: int, headers: http.client.HTTPMessage, data: bytes, name: str = "maker"
+    ) -> MakerAnswer:
+        """Turn an HTTP answer into OK, REJECTED or RETRY."""
+        excerpt = data[:MAX_BODY_EXCERPT]
         if 200 <= code < 300:
-            try:
-                widget = json.loads(data)
-            except (ValueError, RecursionError):
-                widget = None
-            return MakerAnswer(OK, widget=widget if isinstance(widget, dict) else None, code=code)
-        reason = maker_error(code, data)
+            widget = None
+            if data.lstrip()[:1] == b"{":
+                try:
+                    widget = json.loads(data)
+                except (ValueError, RecursionError):
+                    widget = None
+            return MakerAnswer(
+                OK, widget=widget if isinstance(widget, dict) else None, code=code, body=excerpt
+            )
+        reason = maker_error(code, data, name)
         if code in OVERLOADED_STATUS_CODES:
             retry_after = parse_retry_after(headers.get("Retry-After"))
-            return MakerAnswer(RETRY, reason, None, OVERLOADED, retry_after, code)
+            return MakerAnswer(RETRY, reason, None, OVERLOADED, retry_after, code, excerpt)
         if code >= 500 or code in RETRY_STATUS_CODES:
-            return MakerAnswer(RETRY, reason, failure=FAILING, code=code)
-        return MakerAnswer(REJECTED, reason, code=code)
+            return MakerAnswer(RETRY, reason, failure=FAILING, code=code, body=excerpt)
+        return MakerAnswer(REJECTED, reason, code=code, body=excerpt)
 
     def healthy(self) -> bool:
-        """Tell whether the maker answers GET /healthz with a 2xx."""
+        """Tell whether the target is up: GET health_url answers a 2xx, or without one, a connection opens."""
+        timeout = min(self.timeout, PROBE_TIMEOUT)
+        if self.health_target is None:
+            host, port = self.connections.host, self.connections.port
+            if self.connections.proxy is not None:
+                return True  # through a proxy only a call can tell; trial calls will
+            try:
+                socket.create_connection((host, port), timeout=timeout).close()
+            except OSError:
+                return False
+            return True
         try:
-            code, _, _ = self.call(
-                "GET", self.health_target, None, self.connections.headers(), min(self.timeout, PROBE_TIMEOUT)
-            )
+            code, _, _ = self.call("GET", self.health_target, None, self.connections.headers(), timeout)
         except (NoConnection, http.client.HTTPException, OSError):
             return False
         return 200 <= code < 300

@@ -163,7 +163,7 @@ class Outbox:
         self.flush_interval = flush_interval
         self.clock = clock
         self.max_age = max(MAX_UNSETTLED_AGE, AGE_TIMEOUTS * write_timeout)
-        self.fifo_responses = is_fifo(urls.response)
+        self.fifo_responses = urls.response is not None and is_fifo(urls.response)
         self._random = random.Random(seed)
         self._changed = threading.Condition()
         self._lanes: dict[tuple[str, str], Lane] = {}
@@ -186,12 +186,13 @@ class Outbox:
     def respond_and_delete(
         self,
         message: Received,
-        body: str,
+        body: str | None,
         *,
         dead_letter: dict[str, Any] | None = None,
         done: Done | None = None,
     ) -> None:
-        """Queue a request's response, then its dead-letter copy (attributes) if given, then its delete.
+        """Queue a request's response (body; None without a response queue), then its dead-letter copy
+        (attributes) if given, then its delete.
 
         The response goes first: a group's responses must be queued in the order its requests were
         answered, and a chain's later writes are queued only as the ones before them are confirmed.
@@ -209,6 +210,9 @@ class Outbox:
                 key=group if is_fifo(self.urls.dead_letter) else None,
                 then=then,
             )
+        if body is None or self.urls.response is None:
+            self._queue(then, done)
+            return
         respond = Write(
             message,
             SEND,
@@ -259,7 +263,7 @@ class Outbox:
         message, not the request id, deduplicates: a repeat after a crash is dropped, while a
         redriven request (a new message, the same request id) gets its new outcome through.
         """
-        if not self.fifo_responses:
+        if not self.fifo_responses or self.urls.response is None:
             return {}
         group = message.group_id or message.request_id
         return dict(fifo_fields(self.urls.response, group, f"response-{message.message_id}"))

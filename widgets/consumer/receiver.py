@@ -82,7 +82,10 @@ class Receiver:
         self._held_back_lock = threading.Lock()
         # A FIFO queue's messages carry their group, which the dispatcher keeps in order. Asked
         # for only there: on a standard (fair) queue a group orders nothing.
-        self.system_attributes: list[MessageSystemAttributeNameType] = ["ApproximateReceiveCount"]
+        self.system_attributes: list[MessageSystemAttributeNameType] = [
+            "ApproximateReceiveCount",
+            "SentTimestamp",
+        ]
         if is_fifo(url):
             self.system_attributes.append("MessageGroupId")
         self.receives = 0  # receives that worked, counted under a lock: three threads add to it

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from widgets.consumer.handling import RetryPolicy
+from widgets.errors import UsageError
 from widgets.settings import check_http_url, setting
 from widgets.sqs import MAX_VISIBILITY
 
@@ -22,8 +23,14 @@ class Settings:
     retry_delay: int = setting(30, "Seconds before a failed delivery is retried.", limits=(0, MAX_VISIBILITY))
     backoff: str = setting(
         "fixed",
-        "Keep the retry delay fixed, or double it with each delivery.",
-        choices=("fixed", "exponential"),
+        "Keep the retry delay fixed, double it with each delivery (exponential), or draw it at random "
+        "between 0 and that double (jitter: failures together do not come back together).",
+        choices=("fixed", "exponential", "jitter"),
+    )
+    retry_delays: str | None = setting(
+        None,
+        "Seconds before each retry in turn, e.g. 1,10,60,600 (the last one repeats); "
+        "instead of --retry-delay and --backoff.",
     )
     visibility_timeout: int = setting(
         30,
@@ -56,13 +63,31 @@ class Settings:
     # Not options: a secret stays off the command line (and out of `ps`): it comes from
     # WIDGET_MAKER_TOKEN; the outbox's flush interval is a knob for tests, not for operators.
     token: str | None = field(default=None, repr=False)
+    signing_keys: tuple[bytes, ...] = field(default=(), repr=False)  # from WEBHOOK_SECRET (signing.py)
     flush_interval: float = 0.05
 
     def __post_init__(self) -> None:
         """Refuse settings that cannot work, naming the option, before anything starts."""
         check_http_url(self.maker_url, "--maker-url")
+        self.delays()
+
+    def delays(self) -> tuple[int, ...]:
+        """Return the --retry-delays schedule (empty: none given); UsageError if it is not one."""
+        if self.retry_delays is None:
+            return ()
+        try:
+            delays = tuple(int(part) for part in self.retry_delays.split(","))
+        except ValueError:
+            delays = ()
+        if not delays or not all(0 <= d <= MAX_VISIBILITY for d in delays):
+            raise UsageError(
+                f"give whole seconds from 0 to {MAX_VISIBILITY}, comma-separated, e.g. 1,10,60,600 "
+                f"(got {self.retry_delays!r})",
+                "--retry-delays",
+            )
+        return delays
 
     @property
     def policy(self) -> RetryPolicy:
         """Return the retry policy these settings describe."""
-        return RetryPolicy(self.max_receives, self.retry_delay, self.backoff)
+        return RetryPolicy(self.max_receives, self.retry_delay, self.backoff, delays=self.delays())
