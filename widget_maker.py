@@ -55,7 +55,9 @@ def main(
 
     GET /metrics answers its Prometheus metrics, GET /healthz whether it is up.
 
-    Set WIDGET_MAKER_TOKEN to require "Authorization: Bearer <token>" on POST /add.
+    Set WIDGET_MAKER_TOKEN to require "Authorization: Bearer <token>" on POST /add, and
+    WEBHOOK_SECRET (whsec_..., several space-separated during a rotation) to require calls
+    signed as Standard Webhooks says (401 otherwise; 5 minutes' tolerance on the timestamp).
 
     On PostgreSQL, give the password in PGPASSWORD or ~/.pgpass, or the whole URL in
     WIDGET_MAKER_DB: never in --db, where ps shows it to every user. Logs mask it.

@@ -51,7 +51,13 @@ def sqs_kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake credentials and a region, and nothing of the developer's own AWS setup."""
-    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS", "AWS_PROFILE", "WIDGET_MAKER_TOKEN"):
+    for name in (
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_SQS",
+        "AWS_PROFILE",
+        "WIDGET_MAKER_TOKEN",
+        "WEBHOOK_SECRET",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -115,6 +121,8 @@ class ScriptedMaker:
     def __init__(self) -> None:
         """Answer 201 until told otherwise."""
         self.status = 201
+        # Or a status chosen for each request from its body (None: the status above).
+        self.status_for: Callable[[bytes], int | None] = lambda body: None
         self.delay = 0.0
         self.headers: dict[str, str] = {}
         self.requests: list[dict[str, Any]] = []
@@ -139,9 +147,10 @@ def scripted_maker() -> Iterator[tuple[ScriptedMaker, str]]:
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
+            received = self.rfile.read(length)
             script.requests.append(
                 {
-                    "body": self.rfile.read(length),
+                    "body": received,
                     "headers": dict(self.headers),
                     "at": time.monotonic(),
                     "path": self.path,
@@ -152,7 +161,7 @@ def scripted_maker() -> Iterator[tuple[ScriptedMaker, str]]:
                 return
             body = json.dumps({"error": "scripted"}).encode()
             try:
-                self.send_response(script.status)
+                self.send_response(script.status_for(received) or script.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 for name, value in script.headers.items():

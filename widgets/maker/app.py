@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, g, jsonify, render_template_string, request
 from flask.typing import ResponseReturnValue
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from werkzeug.exceptions import HTTPException
 
 from widgets.errors import SetupError
@@ -102,10 +103,32 @@ def authorized() -> bool:
     return hmac.compare_digest(sent.encode(), f"Bearer {token}".encode())
 
 
+def signed() -> bool:
+    """Tell whether the request carries a valid Standard Webhooks signature (always, without secrets).
+
+    Verified by the specification's reference library, with each configured secret in turn (two
+    during a rotation), and a 5-minute tolerance on webhook-timestamp.
+    """
+    secrets: tuple[str, ...] = current_app.config["WEBHOOK_SECRETS"]
+    if not secrets:
+        return True
+    body = request.get_data(cache=True).decode("utf-8", "replace")
+    headers = dict(request.headers.items())
+    for secret in secrets:
+        try:
+            Webhook(secret).verify(body, headers, json_parse=False)
+        except (WebhookVerificationError, ValueError, TypeError):  # bad headers raise the latter two
+            continue
+        return True
+    return False
+
+
 def add_widget() -> ResponseReturnValue:
     """Create the widget named in a JSON {"widget_id": ...} request, once."""
     if not authorized():
         return error(401, "missing or wrong bearer token")
+    if not signed():
+        return error(401, "missing or bad webhook signature")
     if not request.is_json:
         return error(415, "send the request as Content-Type: application/json")
     try:
@@ -192,6 +215,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         # Connections a PostgreSQL store may hold at once: one per request served at once.
         DATABASE_CONNECTIONS=16,
         TOKEN=os.environ.get("WIDGET_MAKER_TOKEN") or None,
+        # Standard Webhooks secrets (whsec_...), whitespace-separated: calls must be signed with one.
+        WEBHOOK_SECRETS=tuple(os.environ.get("WEBHOOK_SECRET", "").split()),
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         FAIL_WIDGET_IDS=frozenset(),
     )
