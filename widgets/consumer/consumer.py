@@ -74,6 +74,8 @@ RECEIVES_IN_FLIGHT = 5
 # A receive's read timeout beyond its long poll: SQS answers a long poll when it ends, so a call
 # still unanswered 5 s later is lost on the way (a connection dropped without a reset).
 RECEIVE_TIMEOUT_MARGIN = 5
+# A write made again after a timeout waits this many times longer (see connect).
+PATIENCE = 4
 # How often the consumer logs a summary while it is busy.
 SUMMARY_INTERVAL = 30.0
 
@@ -89,6 +91,7 @@ class Consumer:
         observer: Observer | None = None,
         writes: SQSClient | None = None,
         target: Target | None = None,
+        patient: SQSClient | None = None,
     ) -> None:
         """Build every mechanism from the settings; each reports to observer (by default, to nobody).
 
@@ -105,6 +108,7 @@ class Consumer:
             urls,
             settings.flush_interval,
             write_timeout=write_timeout(settings.visibility_timeout),
+            patient=patient,
         )
         self.maker = MakerClient(
             url=target.url,
@@ -154,7 +158,8 @@ class Consumer:
             behind=self.outbox.behind,
         )
         if self.observer.active:
-            for client in {id(sqs): sqs, id(self.outbox.sqs): self.outbox.sqs}.values():
+            clients = (sqs, self.outbox.sqs, self.outbox.patient)
+            for client in {id(client): client for client in clients}.values():
                 watch_calls(client, self.observer.sqs_error, self.observer.sqs_refused)
         self.observer.watch(self.snapshot)
         self.handle = self.handler.handle
@@ -326,13 +331,24 @@ class Queues:
         return self.request, self.response, dead_letter
 
 
+@dataclass(frozen=True)
+class Clients:
+    """The consumer's SQS clients: receives, writes, and writes made again after a timeout."""
+
+    receives: SQSClient
+    writes: SQSClient
+    patient: SQSClient
+
+
 def connect(
     region: str | None, endpoint_url: str | None, settings: Settings, queues: Queues
-) -> tuple[SQSClient, SQSClient, QueueUrls]:
-    """Return the consumer's clients for receives and for writes, and its queues (created if asked).
+) -> tuple[Clients, QueueUrls]:
+    """Return the consumer's clients and its queues (created if asked).
 
     Receives and writes on clients of their own: a long poll's read timeout is its wait, a
-    write's is short (write_timeout), and neither kind waits for a connection the other holds.
+    write's is short (write_timeout), and neither kind waits for a connection the other holds. A
+    write that timed out is made again with PATIENCE times the timeout (at least 5 s): it may
+    have been slow, not lost.
     """
     names = queues.names()
     session = boto3.Session(region_name=region)
@@ -350,16 +366,19 @@ def connect(
         session=session,
     )
     timeout = write_timeout(settings.visibility_timeout)
-    writes = make_client(
-        region,
-        endpoint_url,
-        max_connections=CALLS_IN_FLIGHT * LANES,
-        read_timeout=timeout,
-        connect_timeout=timeout,
-        attempts=CONSUMER_ATTEMPTS,
-        session=session,
+    writes, patient = (
+        make_client(
+            region,
+            endpoint_url,
+            max_connections=CALLS_IN_FLIGHT * LANES,
+            read_timeout=read_timeout,
+            connect_timeout=timeout,
+            attempts=CONSUMER_ATTEMPTS,
+            session=session,
+        )
+        for read_timeout in (timeout, max(PATIENCE * timeout, 5.0))
     )
-    return receives, writes, urls
+    return Clients(receives, writes, patient), urls
 
 
 def run(
@@ -373,9 +392,12 @@ def run(
     queues.names()  # a dead-letter queue of the wrong kind is refused before anything starts
     endpoint = open_endpoint(settings)
     metrics = ConsumerMetrics() if endpoint is not None else None
-    sqs, writes, urls = connect(region, endpoint_url, settings, queues)
+    clients, urls = connect(region, endpoint_url, settings, queues)
+    sqs = clients.receives
     target = target or widget_target(settings)
-    consumer = Consumer(sqs, urls, settings, observer=metrics, writes=writes, target=target)
+    consumer = Consumer(
+        sqs, urls, settings, observer=metrics, writes=clients.writes, target=target, patient=clients.patient
+    )
     warn_if_maker_is_down(consumer.maker)
     signals = install_signal_handlers()
     log.info(

@@ -33,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from botocore.exceptions import ReadTimeoutError
+
 from widgets.messages import Received
 from widgets.sqs import MAX_BATCH, SQS_ERRORS, OutageLog, QueueUrls, SQSClient, fifo_fields, is_fifo
 
@@ -46,10 +48,10 @@ CALLS_IN_FLIGHT = 10
 # Lanes a consumer uses at most: responses, deletes, visibility changes, dead-letter copies and
 # fresh copies; the call threads are shared, each lane's calls bounded by CALLS_IN_FLIGHT.
 LANES = 5
-# A write that failed is tried again at once the first time (most failures are one call's: a
-# reset connection, a throttle), then after a back-off with full jitter, doubling from
-# RETRY_BASE up to RETRY_CAP: a write still failing after an outage goes out within RETRY_CAP
-# of SQS's return, and thousands of writes failing together do not come back together.
+# A write that failed is tried again after a back-off with full jitter, doubling from RETRY_BASE
+# (most failures are one call's: a reset connection, a throttle, tried again within 0.1 s) up to
+# RETRY_CAP: a write still failing after an outage goes out within RETRY_CAP of SQS's return, and
+# thousands of writes failing together do not come back together.
 RETRY_BASE = 0.1
 RETRY_CAP = 2.0
 # Backpressure: past either bound, the receiver stops receiving until settling catches up.
@@ -81,6 +83,7 @@ class Write:
     done: list[Done] = field(default_factory=list)
     chain: int = 0  # which settlement this write is part of
     failures: int = 0
+    timed_out: bool = False  # a call of it had no answer in time: its next ones wait longer
     due: float = 0.0  # when it must go, even in a part-filled batch
     not_before: float = 0.0  # its back-off after a failure
 
@@ -155,10 +158,15 @@ class Outbox:
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,
         write_timeout: float = 1.0,
+        patient: SQSClient | None = None,
     ) -> None:
         """Prepare an empty outbox writing through sqs; start() runs it. Writes wait up to flush_interval
-        to fill a batch; a call of sqs gives up after write_timeout."""
+        to fill a batch; a call of sqs gives up after write_timeout. A write whose call timed out is
+        made again through patient (a client with a longer read timeout; default: sqs): its call may
+        have been slow rather than lost, and a slow SQS answered with repeats at once (a repeated
+        send is a duplicate) only slows down further."""
         self.sqs = sqs
+        self.patient = patient or sqs
         self.urls = urls
         self.flush_interval = flush_interval
         self.clock = clock
@@ -396,6 +404,9 @@ class Outbox:
             failures = {i: None for i in range(len(writes))}
             self._outage.failed(error)
             worked = False
+            if isinstance(error, ReadTimeoutError):
+                for write in writes:
+                    write.timed_out = True
         except Exception:
             # A bug of ours: keep the writes, so no request is lost, and say so.
             log.exception("outbox_error kind=%s; retrying", lane.kind)
@@ -415,12 +426,13 @@ class Outbox:
     def _batch_call(self, lane: Lane, writes: list[Write]) -> dict[int, dict[str, Any] | None]:
         """Make the batch call of a lane; return its refused entries by index (the Failed entry)."""
         entries: Any = [{"Id": str(i), **write.entry} for i, write in enumerate(writes)]
+        sqs = self.patient if any(write.timed_out for write in writes) else self.sqs
         if lane.kind == SEND:
-            answer: Any = self.sqs.send_message_batch(QueueUrl=lane.queue, Entries=entries)
+            answer: Any = sqs.send_message_batch(QueueUrl=lane.queue, Entries=entries)
         elif lane.kind == DELETE:
-            answer = self.sqs.delete_message_batch(QueueUrl=lane.queue, Entries=entries)
+            answer = sqs.delete_message_batch(QueueUrl=lane.queue, Entries=entries)
         else:
-            answer = self.sqs.change_message_visibility_batch(QueueUrl=lane.queue, Entries=entries)
+            answer = sqs.change_message_visibility_batch(QueueUrl=lane.queue, Entries=entries)
         return {int(failure["Id"]): failure for failure in answer.get("Failed", [])}
 
     def _settle(
@@ -511,9 +523,7 @@ class Outbox:
             finished.extend((done, None) for done in last.done)
 
     def _backoff(self, failures: int) -> float:
-        """Return the pause before a write's next try: none after its first failure, then full jitter."""
-        if failures <= 1:
-            return 0.0
+        """Return the pause before a write's next try: full jitter, from RETRY_BASE doubling to RETRY_CAP."""
         return self._random.uniform(0, min(RETRY_CAP, RETRY_BASE * 2 ** (failures - 1)))
 
     def close(self, timeout: float) -> int:
