@@ -16,16 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import TextIO
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from devtools.stack import stop_on_signals
 
 SECRET_ENV = "WEBHOOK_SECRET"
 BODY_SHOWN = 300  # characters of a body printed
@@ -209,14 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"cannot listen on 127.0.0.1:{args.port}: {error.strerror}")
     except Exception as error:  # the reference library's word on a secret that is not whsec_<base64>
         parser.error(f"{SECRET_ENV} holds a secret that is not whsec_<base64>: {error}")
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        """Ask the main loop to stop."""
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = stop_on_signals()
     with receiver:
         count = len(receiver.webhooks)
         checking = f"signatures checked with {count} secret(s)" if count else f"no {SECRET_ENV}: none checked"
