@@ -14,15 +14,17 @@ says so. SIGTERM or Ctrl-C stops it. Tests run it in a thread: WebhookReceiver(.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import socket
 import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import TextIO
+from typing import Any, TextIO
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
@@ -98,7 +100,18 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, port: int, receiver: WebhookReceiver) -> None:
         """Listen on 127.0.0.1:port for the receiver."""
         self.receiver = receiver
+        self.connections: set[socket.socket] = set()  # open ones, closed by stop() as a crash would
         super().__init__(("127.0.0.1", port), _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Note each connection while it lasts."""
+        self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        """Forget a connection that ended."""
+        self.connections.discard(request)
+        super().shutdown_request(request)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -184,6 +197,10 @@ class WebhookReceiver:
             self._thread.join()
             self._thread = None
         self._server.server_close()
+        # And the kept-alive connections, as a target that goes down takes them with it.
+        for connection in list(self._server.connections):
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> WebhookReceiver:
         """Start the receiver."""
