@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -11,7 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
+from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
 
 from tests.test_breaker import FakeClock
 from tests.test_consumer import depth, received, run_until
@@ -272,3 +273,44 @@ def test_a_receive_failure_is_old_news_while_settling_holds_receiving_back(
     behind[0] = True
     assert receiver._held_back()
     assert receiver.failing() is None
+
+
+def test_a_fifo_receive_whose_answer_was_lost_is_made_again_with_its_attempt_id(
+    sqs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = create_queue(sqs, "Orders.fifo")
+    stopping = threading.Event()
+    receiver = Receiver(
+        sqs=sqs,
+        url=url,
+        dispatcher=Dispatcher(
+            workers=1, lookahead=1, handle=lambda m: True, release=print, stopping=stopping
+        ),
+        breaker=Breaker(),
+        probe=lambda: True,
+        heartbeat=Heartbeat(extend=lambda m, s, done: None, visibility_timeout=5),
+        batch_size=1,
+        wait_time=0,
+        visibility_timeout=5,
+        stopping=stopping,
+    )
+    attempts: list[str] = []
+    real_receive = sqs.receive_message
+    failures = [
+        ConnectionClosedError(endpoint_url="x"),
+        ClientError({"Error": {"Code": "Throttling"}}, "Receive"),
+    ]
+
+    def receive(**kwargs: Any) -> Any:
+        attempts.append(kwargs["ReceiveRequestAttemptId"])
+        if failures:
+            raise failures.pop(0)
+        return real_receive(**kwargs)
+
+    monkeypatch.setattr(sqs, "receive_message", receive)
+    for _ in range(3):
+        with contextlib.suppress(ConnectionClosedError, ClientError):
+            receiver.receive(1)
+    receiver.receive(1)
+    # Lost answer: the same id again; refused (a throttle): a new one; answered: a new one next time.
+    assert attempts[0] == attempts[1] != attempts[2] != attempts[3]

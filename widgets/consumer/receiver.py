@@ -11,8 +11,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import HTTPClientError
 
 from widgets.consumer.breaker import OPEN, Breaker
 from widgets.consumer.dispatcher import Dispatcher
@@ -35,8 +39,19 @@ LONGEST_NAP = 1.0
 # How long receives must fail, one after the other, before the health check says so: a second
 # failure in a row can be two throttles a few milliseconds apart, an outage lasts.
 FAILING_FOR = 0.5
+# How long a lost receive's attempt id is used again (SQS keeps it 5 minutes; a margin for clocks).
+ATTEMPT_ID_LIFETIME = 240.0
 # How often a receiver held back by settling looks again.
 SETTLING_PAUSE = 0.05
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A FIFO receive's ReceiveRequestAttemptId, the count it asked for, and when."""
+
+    id: str
+    wanted: int
+    at: float
 
 
 class Receiver:
@@ -93,6 +108,8 @@ class Receiver:
         self.last_receive = self.last_attempt = time.monotonic()
         self._outage = OutageLog(sqs, "receiving requests")
         self._probing = threading.Lock()
+        self.fifo = is_fifo(url)
+        self._attempt = threading.local()  # .value: the Attempt of this thread's last receive, if lost
         self._threads = [
             threading.Thread(target=self._run, name=f"receiver-{n}", daemon=True) for n in range(threads)
         ]
@@ -127,19 +144,44 @@ class Receiver:
         """Receive up to wanted requests, long-polling while the queue is empty."""
         # SQS starts the visibility clock before its answer reaches us: count from the call.
         called_at = self.last_attempt = time.monotonic()
-        answer = self.sqs.receive_message(
-            QueueUrl=self.url,
-            MaxNumberOfMessages=wanted,
-            WaitTimeSeconds=self.wait_time,
-            VisibilityTimeout=self.visibility_timeout,
-            MessageSystemAttributeNames=self.system_attributes,
-            MessageAttributeNames=["All"],
-        )
+        extra: dict[str, Any] = {}
+        if self.fifo:
+            extra["ReceiveRequestAttemptId"] = self._attempt_id(wanted, called_at)
+        try:
+            answer = self.sqs.receive_message(
+                QueueUrl=self.url,
+                MaxNumberOfMessages=wanted,
+                WaitTimeSeconds=self.wait_time,
+                VisibilityTimeout=self.visibility_timeout,
+                MessageSystemAttributeNames=self.system_attributes,
+                MessageAttributeNames=["All"],
+                **extra,
+            )
+        except HTTPClientError:
+            raise  # the answer may be lost on the way: the next receive asks for it again
+        except BaseException:
+            self._attempt.value = None
+            raise
+        self._attempt.value = None
         with self._receives_lock:
             self.receives += 1
         self.last_receive = time.monotonic()
         self.observer.received(len(answer.get("Messages", ())))
         return [Received.from_sqs(message, called_at) for message in answer.get("Messages", [])]
+
+    def _attempt_id(self, wanted: int, now: float) -> str:
+        """Return this thread's ReceiveRequestAttemptId: its last one if that receive's answer was lost.
+
+        FIFO queues only. A receive whose answer never came (a reset connection, a read timeout)
+        may have taken messages, which would stay in flight, their whole groups waiting behind
+        them, for a visibility timeout; made again with the same attempt id, Amazon SQS answers
+        with those same messages instead (for 5 minutes, while none of them changed). A receive
+        refused outright (a throttle, say) takes a new id, as SQS requires.
+        """
+        attempt: Attempt | None = getattr(self._attempt, "value", None)
+        if attempt is None or attempt.wanted != wanted or now - attempt.at > ATTEMPT_ID_LIFETIME:
+            attempt = self._attempt.value = Attempt(uuid.uuid4().hex, wanted, now)
+        return attempt.id
 
     def _run(self) -> None:
         """Receive until stopped: wait for room, ask the breaker, receive, dispatch."""
