@@ -12,12 +12,12 @@ from typing import Any
 
 import click
 
-from widgets.cli import CONTEXT_SETTINGS, Command, endpoint_options, settings_options
+from widgets.cli import CONTEXT_SETTINGS, Command, endpoint_options, relay_options, settings_options
 from widgets.consumer import Queues, Settings, Target, run
 from widgets.consumer.forward import ForwardAdapter
 from widgets.consumer.signing import SECRET_ENV, parse_secrets
 from widgets.errors import UsageError
-from widgets.logs import FORMATS, LEVELS, configure_logging
+from widgets.logs import configure_logging
 from widgets.settings import check_http_url
 from widgets.sqs import FIFO_SUFFIX, is_fifo
 
@@ -73,22 +73,7 @@ def dead_letter_name(queue: str) -> str:
     help="What the circuit breaker probes while the target is down [default: a TCP connect to it].",
 )
 @settings_options(Settings, exclude=frozenset({"maker_url"}))
-@click.option(
-    "--create-queues/--no-create-queues",
-    default=True,
-    show_default=True,
-    help="Create the queues if they are missing.",
-)
-@click.option(
-    "--log-level",
-    type=click.Choice(LEVELS, case_sensitive=False),
-    default="INFO",
-    show_default=True,
-    help="Least important log level shown.",
-)
-@click.option(
-    "--log-format", type=click.Choice(FORMATS), default="text", show_default=True, help="Log line format."
-)
+@relay_options
 def main(
     region: str | None,
     endpoint_url: str | None,

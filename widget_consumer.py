@@ -10,10 +10,10 @@ from typing import Any
 
 import click
 
-from widgets.cli import CONTEXT_SETTINGS, Command, settings_options, sqs_options
+from widgets.cli import CONTEXT_SETTINGS, Command, relay_options, settings_options, sqs_options
 from widgets.consumer import Queues, Settings, run
 from widgets.consumer.signing import SECRET_ENV, parse_secrets
-from widgets.logs import FORMATS, LEVELS, configure_logging
+from widgets.logs import configure_logging
 
 
 @click.command(cls=Command, context_settings=CONTEXT_SETTINGS)
@@ -24,22 +24,7 @@ from widgets.logs import FORMATS, LEVELS, configure_logging
     "[default: WidgetRequestDLQ, or WidgetRequestDLQ.fifo for a FIFO request queue].",
 )
 @settings_options(Settings)
-@click.option(
-    "--create-queues/--no-create-queues",
-    default=True,
-    show_default=True,
-    help="Create the three queues if they are missing.",
-)
-@click.option(
-    "--log-level",
-    type=click.Choice(LEVELS, case_sensitive=False),
-    default="INFO",
-    show_default=True,
-    help="Least important log level shown.",
-)
-@click.option(
-    "--log-format", type=click.Choice(FORMATS), default="text", show_default=True, help="Log line format."
-)
+@relay_options
 def main(
     region: str | None,
     endpoint_url: str | None,

@@ -40,10 +40,9 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from urllib.parse import parse_qs
 
-from devtools.latency_proxy import parse_target
+from devtools.latency_proxy import InThread, parse_target
 
 FAULTS = ("internal-failure", "throttle", "reset-before", "reset-after", "hold")
 # Statuses whose answers never have a body (RFC 9112, 6.3).
@@ -169,8 +168,10 @@ def check_rates(rates: Mapping[str, float]) -> dict[str, float]:
     return {fault: float(rates.get(fault, 0.0)) for fault in FAULTS}
 
 
-class FaultProxy:
+class FaultProxy(InThread):
     """Listens on 127.0.0.1 and forwards HTTP calls to target, faulting a seeded share of them."""
+
+    name = "fault proxy"
 
     def __init__(
         self,
@@ -196,11 +197,8 @@ class FaultProxy:
         self._on_fault = on_fault
         self._random = random.Random(seed)
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._serving: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
-        self._thread: threading.Thread | None = None
 
     @property
     def endpoint(self) -> str:
@@ -337,40 +335,6 @@ class FaultProxy:
             self.in_outage = False
             await self.switch(True)  # stops listening and ends every connection
             holder.close()
-
-    def start(self, timeout: float = 5.0) -> FaultProxy:
-        """Run the proxy in a thread of this process; return once it listens."""
-        ready = threading.Event()
-        self._thread = threading.Thread(
-            target=asyncio.run, args=(self.serve(ready.set),), name="fault-proxy", daemon=True
-        )
-        self._thread.start()
-        if not ready.wait(timeout):
-            raise RuntimeError(f"the fault proxy did not start within {timeout}s")
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop accepting, end every connection, and wait for the proxy's thread."""
-        loop, serving = self._loop, self._serving
-        if loop is not None and serving is not None:
-            with contextlib.suppress(RuntimeError):  # its loop has already closed
-                loop.call_soon_threadsafe(serving.cancel)
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def __enter__(self) -> FaultProxy:
-        """Start the proxy in a thread."""
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Stop the proxy."""
-        self.stop()
 
 
 def summary(proxy: FaultProxy) -> str:

@@ -21,8 +21,9 @@ import contextlib
 import random
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 CHUNK = 64 * 1024
@@ -72,8 +73,57 @@ async def pipe_now(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
         writer.write_eof()
 
 
-class LatencyProxy:
+class InThread:
+    """Runs an asyncio proxy's serve(on_ready) in a thread of this process: start(), stop(), with."""
+
+    name = "proxy"
+    _loop: asyncio.AbstractEventLoop | None = None
+    _serving: asyncio.Task[None] | None = None
+    _thread: threading.Thread | None = None
+
+    def serve(self, on_ready: Callable[[], None] | None = None) -> Coroutine[Any, Any, None]:
+        """Serve until cancelled, calling on_ready once listening (the proxy's own)."""
+        raise NotImplementedError
+
+    def start(self, timeout: float = 5.0) -> Self:
+        """Run the proxy in a thread of this process; return once it listens."""
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self.serve(ready.set),), name=self.name, daemon=True
+        )
+        self._thread.start()
+        if not ready.wait(timeout):
+            raise RuntimeError(f"the {self.name} did not start within {timeout}s")
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop accepting, end every connection, and wait for the proxy's thread."""
+        loop, serving = self._loop, self._serving
+        if loop is not None and serving is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has already closed
+                loop.call_soon_threadsafe(serving.cancel)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> Self:
+        """Start the proxy in a thread."""
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Stop the proxy."""
+        self.stop()
+
+
+class LatencyProxy(InThread):
     """Listens on 127.0.0.1 and forwards each connection to target, latency_ms (+/- jitter_ms) later."""
+
+    name = "latency proxy"
 
     def __init__(
         self,
@@ -92,10 +142,7 @@ class LatencyProxy:
         self.jitter = jitter_ms / 1000
         self._random = random.Random(seed)
         self.port = port
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._serving: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
-        self._thread: threading.Thread | None = None
 
     @property
     def endpoint(self) -> str:
@@ -151,40 +198,6 @@ class LatencyProxy:
             for task in handlers:
                 task.cancel()
             await asyncio.gather(*handlers, return_exceptions=True)
-
-    def start(self, timeout: float = 5.0) -> LatencyProxy:
-        """Run the proxy in a thread of this process; return once it listens."""
-        ready = threading.Event()
-        self._thread = threading.Thread(
-            target=asyncio.run, args=(self.serve(ready.set),), name="latency-proxy", daemon=True
-        )
-        self._thread.start()
-        if not ready.wait(timeout):
-            raise RuntimeError(f"the latency proxy did not start within {timeout}s")
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop accepting, end every connection, and wait for the proxy's thread."""
-        loop, serving = self._loop, self._serving
-        if loop is not None and serving is not None:
-            with contextlib.suppress(RuntimeError):  # its loop has already closed
-                loop.call_soon_threadsafe(serving.cancel)
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def __enter__(self) -> LatencyProxy:
-        """Start the proxy in a thread."""
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        """Stop the proxy."""
-        self.stop()
 
 
 def parse_target(url: str) -> tuple[str, int]:

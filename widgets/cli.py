@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from widgets.errors import SetupError, UsageError
+from widgets.logs import FORMATS, LEVELS
 from widgets.sqs import LOCAL_ENDPOINT, REQUEST_QUEUE, RESPONSE_QUEUE
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -132,3 +133,32 @@ def sqs_options(function: F) -> F:
     for option in reversed(options):
         function = option(function)
     return endpoint_options(function)
+
+
+def relay_options(function: F) -> F:
+    """Add the options both faces of the relay take besides their settings: queue creation and logs."""
+    options = [
+        click.option(
+            "--create-queues/--no-create-queues",
+            default=True,
+            show_default=True,
+            help="Create the queues if they are missing.",
+        ),
+        click.option(
+            "--log-level",
+            type=click.Choice(LEVELS, case_sensitive=False),
+            default="INFO",
+            show_default=True,
+            help="Least important log level shown.",
+        ),
+        click.option(
+            "--log-format",
+            type=click.Choice(FORMATS),
+            default="text",
+            show_default=True,
+            help="Log line format.",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
