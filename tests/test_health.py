@@ -20,6 +20,7 @@ def receiver(**changes: Any) -> ReceiverState:
         "alive": True,
         "stopping": False,
         "failing": None,
+        "held_back": False,
         "last_attempt": 90.0,
         "last_receive": 100.0,
     }
@@ -121,3 +122,10 @@ def test_writes_failing_for_longer_than_a_visibility_timeout_are_unhealthy() -> 
     assert (health.body["unsettled"], health.body["oldest_unsettled_seconds"]) == (12, 31.0)
     brief = WriterState(failing="SQS answered InternalFailure", failing_for=29.0, backlog=12, oldest=29.0)
     assert check(receiver(), "closed", 0.0, 101.0, WAIT_TIME, brief, visibility_timeout=30).status == 200
+
+
+def test_a_receive_failure_is_old_news_while_receiving_is_held_back_and_writes_work() -> None:
+    failed = receiver(failing="cannot reach SQS at http://127.0.0.1:9324", held_back=True)
+    assert check(failed, "closed", 0.0, 101.0, WAIT_TIME, WriterState()).status == 200
+    writes_fail = WriterState(failing="cannot reach SQS at http://127.0.0.1:9324", failing_for=2.0)
+    assert check(failed, "closed", 0.0, 101.0, WAIT_TIME, writes_fail).status == 503  # SQS is down

@@ -219,17 +219,22 @@ def test_one_failed_call_is_retried_at_once_and_an_outage_logged_once(
     sqs: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    outage = OutageLog(sqs, "receiving requests", random.Random(1))
+    clock = FakeClock()
+    outage = OutageLog(sqs, "receiving requests", random.Random(1), clock=clock)
     error = EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
-    assert outage.failed(error) == 0.0  # a reset or a throttle: no outage yet
-    assert outage.error is None
+    assert outage.failed(error) == 0.0  # a reset or a throttle: tried again at once
+    assert outage.failed(error) > 0  # two in a row: a back-off, but no outage yet (no log)
     outage.recovered()
     assert caplog.records == []
-    pauses = [outage.failed(error) for _ in range(8)]
+    pauses = []
+    for _ in range(8):
+        pauses.append(outage.failed(error))
+        clock.now += 0.25
     assert pauses[0] == 0.0 and all(0 <= p <= MAX_OUTAGE_BACKOFF for p in pauses)
     assert max(pauses[4:]) > 0.5  # backs off, with jitter
     assert outage.error == "cannot reach SQS at https://sqs.us-east-1.amazonaws.com"
     outage.recovered()
+    # Logged once the calls had failed for a second, and once when one worked again.
     assert [r.getMessage().split(" ")[0] for r in caplog.records] == ["sqs_outage", "sqs_recovered"]
 
 
@@ -244,7 +249,7 @@ def test_the_age_bound_allows_for_the_write_timeout(sqs: Any, queues: QueueUrls)
     assert outbox.behind()
 
 
-def test_a_receive_failure_is_old_news_while_settling_holds_receiving_back(
+def test_receives_count_as_failing_after_half_a_second_and_say_when_settling_holds_them_back(
     sqs: Any, queues: QueueUrls
 ) -> None:
     stopping = threading.Event()
@@ -270,9 +275,10 @@ def test_a_receive_failure_is_old_news_while_settling_holds_receiving_back(
     assert receiver.failing() is None  # not for half a second yet: two throttles in a row are no outage
     receiver._outage.since = time.monotonic() - FAILING_FOR
     assert receiver.failing() == "cannot reach SQS at https://sqs.us-east-1.amazonaws.com"
+    assert not receiver.held_back()
     behind[0] = True
     assert receiver._held_back()
-    assert receiver.failing() is None
+    assert receiver.held_back()  # /healthz then judges by the writes (test_health.py)
 
 
 def test_a_fifo_receive_whose_answer_was_lost_is_made_again_with_its_attempt_id(

@@ -74,6 +74,8 @@ FIFO_REDRIVE_MARGIN = 10
 # which have no retries of their own, make up to three.
 CONSUMER_ATTEMPTS = 1
 TOOL_ATTEMPTS = 3
+# How long calls must fail, none working in between, to be an outage worth a log line.
+OUTAGE_AFTER = 1.0
 # Longest back-off between calls while SQS is down.
 MAX_OUTAGE_BACKOFF = 10.0
 # The exceptions an SQS call raises: its own answers (ClientError) and everything on the way.
@@ -346,14 +348,24 @@ class OutageLog:
     """Logs an SQS outage once when it starts and once when it ends, not once per failed call.
 
     One failed call is no outage (a reset connection, a throttle, a 500 of one host): it is tried
-    again at once and not logged. From the second failure in a row it is: logged once, and the
-    calls back off with full jitter, so callers failing together do not come back together.
+    again at once. From the second failure in a row the calls back off with full jitter, so callers
+    failing together do not come back together; and once they have failed for OUTAGE_AFTER with
+    none working in between, the outage is logged, once (several threads' calls failing at the
+    same moment are no outage either: with 5% of calls faulted, two in a row are common).
     """
 
-    def __init__(self, sqs: SQSClient, what: str, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        sqs: SQSClient,
+        what: str,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """Track outages of the calls described by what."""
         self.sqs = sqs
         self.what = what
+        self.clock = clock
+        self.logged = False
         self.failures = 0
         self.error: str | None = None  # what the last call's failure means, while an outage lasts
         self.since: float | None = None  # time.monotonic() of the first failure in a row
@@ -365,10 +377,11 @@ class OutageLog:
         with self._lock:
             self.failures += 1
             if self.failures == 1:
-                self.since = time.monotonic()
+                self.since = self.clock()
                 return 0.0
             self.error = describe_error(error, self.sqs)
-            if self.failures == 2:
+            if not self.logged and self.since is not None and self.clock() - self.since >= OUTAGE_AFTER:
+                self.logged = True
                 log.warning("sqs_outage %s: %s; retrying", self.what, self.error)
             return self._random.uniform(0, min(0.25 * 2 ** (self.failures - 2), MAX_OUTAGE_BACKOFF))
 
@@ -377,8 +390,9 @@ class OutageLog:
         if not self.failures:  # the usual case, without taking the lock
             return
         with self._lock:
-            if self.failures > 1:
+            if self.logged:
                 log.info("sqs_recovered %s after %d failed calls", self.what, self.failures)
+            self.logged = False
             self.failures = 0
             self.error = None
             self.since = None
@@ -386,7 +400,7 @@ class OutageLog:
     def lasted(self) -> float:
         """Return how long the calls have failed without one working (0: the last one worked)."""
         since = self.since
-        return 0.0 if since is None else time.monotonic() - since
+        return 0.0 if since is None else self.clock() - since
 
 
 def watch_calls(

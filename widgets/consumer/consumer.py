@@ -215,6 +215,7 @@ class Consumer:
             alive=self.receiver.alive(),
             stopping=self.stopping.is_set(),
             failing=self.receiver.failing(),
+            held_back=self.receiver.held_back(),
             last_attempt=self.receiver.last_attempt,
             last_receive=self.receiver.last_receive,
         )

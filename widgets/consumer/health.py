@@ -16,7 +16,7 @@ breaker's back-off. The body says the breaker's state, for whoever wants to aler
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 # How much longer than --wait-time a receive may take before the receiver counts as stuck:
@@ -31,6 +31,7 @@ class ReceiverState:
     alive: bool  # every one of its threads runs
     stopping: bool  # the consumer was asked to stop
     failing: str | None  # why the last receive failed, None if it worked
+    held_back: bool  # settling holds receiving back: the last receive's result may be old news
     last_attempt: float  # start of the last receive call
     last_receive: float  # end of the last receive SQS answered
 
@@ -64,6 +65,9 @@ def check(
 ) -> Health:
     """Judge the consumer's health from its receiver, its writes and its breaker at time now."""
     writer = writer or WriterState()
+    if receiver.held_back and writer.failing is None:
+        # No receive is made while settling catches up, and the writes work: SQS is back.
+        receiver = replace(receiver, failing=None)
     reason = trouble(receiver, now, wait_time)
     if reason is None and writer.failing is not None and writer.failing_for > visibility_timeout:
         reason = f"writes fail for {writer.failing_for:.0f}s: {writer.failing}"

@@ -124,15 +124,13 @@ class Receiver:
         return all(thread.is_alive() for thread in self._threads)
 
     def failing(self) -> str | None:
-        """Return why receives fail, once they have failed for FAILING_FOR; else None.
-
-        None too while settling holds receiving back: the last receive's failure is old news then
-        (the writes' own failures are judged apart).
-        """
+        """Return why receives fail, once they have failed for FAILING_FOR; else None."""
         error = self._outage.error
-        if error is None or self._held_back_since is not None:
-            return None
-        return error if self._outage.lasted() >= FAILING_FOR else None
+        return error if error is not None and self._outage.lasted() >= FAILING_FOR else None
+
+    def held_back(self) -> bool:
+        """Tell whether settling holds receiving back (no receive is made to tell how SQS is)."""
+        return self._held_back_since is not None
 
     def join(self, timeout: float) -> None:
         """Wait up to timeout for the receives in progress to end."""
