@@ -13,8 +13,10 @@ message of the queue), so only figures from the same depth compare. The drains:
    (when widget_consumer.py lists it in --help), to see what its metrics cost in CPU;
    relay: sqs_relay.py, the general face, signing each call with one secret (WEBHOOK_SECRET),
    forwarding bodies {"widget_id": ...} as they are to the same maker's /add, so the maker does the
-   same work per call as for the consumer; relay-verified, the same to a second maker given the
-   secret, which checks each signature;
+   same work per call as for the consumer; in the order consumer, relay, relay-2, consumer-2, and
+   relay/consumer is taken over both pairs, so a change in the machine's load during the four
+   drains weighs on both sides alike; relay-verified, the relay to a second maker given the secret,
+   which checks each signature;
 3. raw-respond-latency and consumer-latency: raw-respond and consumer through
    devtools/latency_proxy.py, which adds --sqs-latency-ms (20) to every SQS call, as a round
    trip to Amazon SQS would; the consumer keeps its rate there only with calls in flight at once;
@@ -464,9 +466,12 @@ def run(count: int, sample: int, sqs_kind: str, latency_ms: float, sign_calls: i
             bench.drain_here("raw", lambda urls: drain_raw(sqs, urls.request, count))
             bench.drain_here("raw_respond", lambda urls: drain_raw_respond(sqs, urls, count))
             bench.drain_consumer("consumer", endpoint)
-            # Right after the consumer, to the same maker: the ratio the issue's target is about.
+            # The relay to the same maker, between two consumer drains (ABBA): the ratio the issue's
+            # target is about, from both pairs.
             secret = new_secret()
             bench.drain_relay("relay", endpoint, secret)
+            bench.drain_relay("relay_2", endpoint, secret)
+            bench.drain_consumer("consumer_2", endpoint)
             # The same, to a maker of its own that checks each signature (it costs the maker CPU).
             verifier, verifier_base = start_maker(Path(tmp) / "verifier.db", env={SECRET_ENV: secret})
             processes.append(verifier)
@@ -501,6 +506,16 @@ def per_message_ms(drain: Drain, key: str) -> float:
     return drain.cpu[key] * 1000 / drain.messages
 
 
+def pooled_rate(drains: Sequence[Drain]) -> float:
+    """Return the messages per second of several drains taken together."""
+    return sum(d.messages for d in drains) / sum(d.seconds for d in drains)
+
+
+def pooled_cpu_ms(drains: Sequence[Drain], key: str = "client") -> float:
+    """Return a process's CPU milliseconds per message over several drains taken together."""
+    return sum(d.cpu[key] for d in drains) * 1000 / sum(d.messages for d in drains)
+
+
 def figures_of(
     bench: Bench, count: int, sample: int, sqs_kind: str, latency_ms: float, producer: dict[str, float]
 ) -> dict[str, Any]:
@@ -509,14 +524,16 @@ def figures_of(
     raw, cons, seed = drains["raw"], drains["consumer"], drains["one_at_a_time"]
     cpu_ms = per_message_ms(cons, "client")
     maker_ms = per_message_ms(cons, "maker")
-    relay, verified = drains["relay"], drains["relay_verified"]
+    verified = drains["relay_verified"]
+    relays, consumers = [drains["relay"], drains["relay_2"]], [cons, drains["consumer_2"]]
+    relay_cpu_ms, consumers_cpu_ms = pooled_cpu_ms(relays), pooled_cpu_ms(consumers)
     ratios = {
         "consumer_raw": cons.rate / raw.rate,
         "consumer_one_at_a_time": cons.rate / seed.rate,
         "consumer_raw_respond": cons.rate / drains["raw_respond"].rate,
-        "relay_consumer": relay.rate / cons.rate,
-        "relay_verified_consumer": verified.rate / cons.rate,
-        "relay_cpu": per_message_ms(relay, "client") / cpu_ms,
+        "relay_consumer": pooled_rate(relays) / pooled_rate(consumers),
+        "relay_verified_consumer": verified.rate / pooled_rate(consumers),
+        "relay_cpu": relay_cpu_ms / consumers_cpu_ms,
     }
     signing_ms = bench.signing["one_secret_1kib"]
     metrics_cpu = latency_consumer = latency_raw_respond = None
@@ -547,7 +564,8 @@ def figures_of(
         "consumer_cpu_ms_per_message": round(cpu_ms, 3),
         "consumer_cpu_seconds_per_1000": round(cpu_ms, 3),
         "maker_cpu_ms_per_request": round(maker_ms, 3),
-        "relay_cpu_ms_per_message": round(per_message_ms(relay, "client"), 3),
+        "relay_cpu_ms_per_message": round(relay_cpu_ms, 3),  # relay and relay-2
+        "consumers_cpu_ms_per_message": round(consumers_cpu_ms, 3),  # consumer and consumer-2
         "relay_verified_maker_cpu_ms_per_request": round(per_message_ms(verified, "maker"), 3),
         "signing": bench.signing,
         "producer": producer,
@@ -657,8 +675,10 @@ def relay_report(figures: dict[str, Any], verdict: dict[bool | None, str]) -> li
         f"relay/consumer          {ratios['relay_consumer']:>8.2f}   sqs-relay (signing, one secret) / the "
         f"widget consumer, same maker, same depth, target >= {TARGET_RELAY_CONSUMER:g} (issue 18): "
         f"{verdict[met['relay_consumer']]}",
+        "  (msg/s of relay and relay-2 / consumer and consumer-2, drained in that order: consumer, relay, "
+        "relay-2, consumer-2)",
         f"  CPU: relay {figures['relay_cpu_ms_per_message']:.3f} ms/message, consumer "
-        f"{figures['consumer_cpu_ms_per_message']:.3f} ({ratios['relay_cpu']:.2f}x)",
+        f"{figures['consumers_cpu_ms_per_message']:.3f} ({ratios['relay_cpu']:.2f}x)",
         "  relay-verified (the maker checking each signature) / consumer: "
         f"{ratios['relay_verified_consumer']:.2f}; "
         f"maker CPU {figures['relay_verified_maker_cpu_ms_per_request']:.3f} ms/request, "

@@ -62,6 +62,8 @@ def test_bench_reports_every_figure(tmp_path: Path) -> None:
     consumers = [
         "consumer",
         "relay",
+        "relay_2",
+        "consumer_2",
         "relay_verified",
         *(["consumer_metrics"] if with_metrics else []),
         "consumer_latency",
