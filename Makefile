@@ -73,7 +73,7 @@ chaos: export CHAOS_SIZE := full
 chaos: all  ## the full chaos test: maker and consumer faults while 350 requests flow; SQS faults (fault proxy, outage) while 1,000 do
 	$(PYTHON) -m pytest tests/test_chaos.py -s $(ARGS)
 
-bench: all  ## throughput from the same depth (N=500): raw SQS, the consumer (with metrics, with 20 ms SQS latency), the seed's loop; ARGS="--sqs-latency-ms 0"
+bench: all  ## throughput from the same depth (N=500): raw SQS, the consumer (with metrics, with 20 ms SQS latency), sqs-relay signing, the seed's loop; ARGS="--sqs-latency-ms 0"
 	$(PYTHON) -m bench.bench --count $(N) $(ARGS)
 
 lint: all  ## ruff (lint and format check), mypy, and the relative links and anchors of README.md and docs/

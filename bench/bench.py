@@ -11,6 +11,12 @@ message of the queue), so only figures from the same depth compare. The drains:
 2. consumer: widget_consumer.py with its defaults, a real subprocess, until every request
    has its response on the response queue; consumer-metrics, the same with --metrics-port
    (when widget_consumer.py lists it in --help), to see what its metrics cost in CPU;
+   relay: sqs_relay.py, the general face, signing each call with one secret (WEBHOOK_SECRET),
+   forwarding bodies {"widget_id": ...} as they are to the same maker's /add, so the maker does the
+   same work per call as for the consumer; in the order consumer, relay, relay-2, consumer-2, and
+   relay/consumer is taken over both pairs, so a change in the machine's load during the four
+   drains weighs on both sides alike; relay-verified, the relay to a second maker given the secret,
+   which checks each signature;
 3. raw-respond-latency and consumer-latency: raw-respond and consumer through
    devtools/latency_proxy.py, which adds --sqs-latency-ms (20) to every SQS call, as a round
    trip to Amazon SQS would; the consumer keeps its rate there only with calls in flight at once;
@@ -22,17 +28,20 @@ of its own, default settings, durable): N new widgets POSTed straight to the mak
 drain with the maker on PostgreSQL. PostgreSQL's CPU is that of all its processes.
 
 CPU figures are each process's own usage (user + system, all threads, from /proc/<pid>/stat)
-over the drain only, so startup is left out.
+over the drain only, so startup is left out. Signing is also measured on its own: the CPU time
+(time.process_time) of Signer.headers over --sign-calls calls.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import functools
 import http.client
 import json
 import os
 import re
+import secrets
 import tempfile
 import time
 from collections import Counter
@@ -47,6 +56,7 @@ import requests
 
 from devtools.postgres import PostgresServer, server_version, unavailable_reason
 from devtools.stack import (
+    PYTHON,
     Process,
     free_port,
     local_sqs_kind,
@@ -58,6 +68,7 @@ from devtools.stack import (
     start_sqs,
 )
 from widgets.consumer import Settings
+from widgets.consumer.signing import SECRET_ENV, Signer, parse_secrets
 from widgets.messages import OK, new_widget_id, parse_request, request_body, response_body
 from widgets.producer import SEND_THREADS, send_requests
 from widgets.sqs import MAX_BATCH, QueueUrls, SQSClient, delete_batch, ensure_queues, make_client
@@ -70,6 +81,10 @@ TARGET_CPU_MS_ISSUE_8 = 1.0  # consumer CPU ms per message at most (issue 8)
 TARGET_MAKER_CPU_MS = 1.0  # maker CPU ms per request during the consumer drain, at most (issue 8)
 TARGET_METRICS_CPU = 1.05  # consumer CPU per message with --metrics-port / without, at most (issue 11)
 TARGET_LATENCY_CONSUMER = 0.8  # consumer rate with the added SQS latency / without, at least (issue 8)
+TARGET_RELAY_CONSUMER = 0.95  # relay (general face, signing) rate / consumer rate, at least (issue 18)
+TARGET_SIGNING_MS = 0.05  # CPU ms of signing one call, at most (issue 18)
+SIGN_CALLS = 100_000  # calls of Signer.headers timed
+SIGNED_BODY_BYTES = 1024  # the body the signing figure is about; the relay drain's is ~50 bytes
 SEED_SLEEP = 2.0  # seconds the seed slept after every poll
 CALLERS = 10  # callers posting straight to the maker(s): as many as the consumer has workers
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -172,6 +187,50 @@ def preload(sqs: SQSClient, url: str, count: int) -> int:
     if depth != count:
         raise RuntimeError(f"preload: the queue holds {depth} messages, not {count}")
     return depth
+
+
+def preload_bodies(sqs: SQSClient, url: str, bodies: list[str]) -> int:
+    """Send bodies as they are, in batches of ten from several threads; return the depth reached."""
+
+    def send(chunk: list[str]) -> None:
+        entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(chunk)]
+        answer = sqs.send_message_batch(QueueUrl=url, Entries=entries)  # type: ignore[arg-type]
+        if answer.get("Failed"):
+            raise RuntimeError(f"preload: bodies not sent: {answer['Failed'][0]}")
+
+    with ThreadPoolExecutor(SEND_THREADS) as pool:
+        list(pool.map(send, [bodies[i : i + MAX_BATCH] for i in range(0, len(bodies), MAX_BATCH)]))
+    depth = visible(sqs, url)
+    if depth != len(bodies):
+        raise RuntimeError(f"preload: the queue holds {depth} messages, not {len(bodies)}")
+    return depth
+
+
+def maker_bodies(count: int) -> list[str]:
+    """Return count bodies the maker's /add takes as they are: {"widget_id": ...}, each a new widget."""
+    return [json.dumps({"widget_id": new_widget_id()}) for _ in range(count)]
+
+
+def new_secret() -> str:
+    """Return a new Standard Webhooks secret: whsec_ and the base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def measure_signing(calls: int) -> dict[str, Any]:
+    """Return the CPU ms of one Signer.headers call, averaged over calls: one secret on a 1 KiB body
+    (the target's figure), one on the relay drain's body ({"widget_id"}), two on the 1 KiB body."""
+    small = maker_bodies(1)[0].encode()
+    large = json.dumps({"note": "x" * SIGNED_BODY_BYTES})[:SIGNED_BODY_BYTES].encode()
+    cases = {"one_secret_1kib": (1, large), "one_secret_small": (1, small), "two_secrets_1kib": (2, large)}
+    figures: dict[str, Any] = {"calls": calls, "small_body_bytes": len(small)}
+    for name, (keys, body) in cases.items():
+        signer = Signer(parse_secrets(" ".join(new_secret() for _ in range(keys))))
+        webhook_id = new_widget_id()
+        started = time.process_time()
+        for _ in range(calls):
+            signer.headers(webhook_id, body)
+        figures[name] = round((time.process_time() - started) * 1000 / calls, 5)
+    return figures
 
 
 def drain_raw(sqs: SQSClient, url: str, count: int) -> int:
@@ -310,6 +369,7 @@ class Bench:
         self.outcomes: dict[str, Counter[str]] = {}
         self.startup_cpu: dict[str, float] = {}
         self.stores: dict[str, Any] = {}  # the maker on each store (measure_stores)
+        self.signing: dict[str, Any] = {}  # signing's CPU per call (measure_signing)
 
     def drain_here(
         self, name: str, drain: Callable[[QueueUrls], int], extra: dict[str, int] | None = None
@@ -339,23 +399,56 @@ class Bench:
         consumer = start_consumer(
             endpoint, maker_url or self.maker_url, [*queue_args, "--dead-letter-queue", names[2], *args]
         )
+        self.time_process(name, consumer, urls, depth, extra, readers)
+
+    def drain_relay(
+        self,
+        name: str,
+        endpoint: str,
+        secret: str,
+        maker_url: str | None = None,
+        extra: dict[str, int] | None = None,
+    ) -> None:
+        """Preload fresh queues with bodies the maker takes as they are, start sqs_relay.py toward
+        maker_url (else the bench's maker), signing with secret, and time it until all are answered."""
+        names = queue_names(name)
+        urls = fresh_queues(self.sqs, name)
+        depth = preload_bodies(self.sqs, urls.request, maker_bodies(self.count))
+        argv = [
+            PYTHON, "sqs_relay.py", "--endpoint-url", endpoint, "--target-url", maker_url or self.maker_url,
+            "--queue", names[0], "--response-queue", names[1], "--dead-letter-queue", names[2],
+        ]  # fmt: skip
+        relay = Process(name, argv, env={SECRET_ENV: secret})
+        relay.wait_for(r"consuming ")
+        self.time_process(name, relay, urls, depth, extra)
+
+    def time_process(
+        self,
+        name: str,
+        process: Process,
+        urls: QueueUrls,
+        depth: int,
+        extra: dict[str, int] | None = None,
+        readers: dict[str, Callable[[], float]] | None = None,
+    ) -> None:
+        """Time a consumer or relay until it answered every request; then stop it, drop the queues."""
         try:
-            self.startup_cpu[name] = cpu_seconds(consumer.popen.pid)
+            self.startup_cpu[name] = cpu_seconds(process.popen.pid)
             outcomes = self.outcomes[name] = Counter()
             self.drains[name] = timed(
                 name,
                 depth,
-                {"client": consumer.popen.pid, **self.servers, **(extra or {})},
-                lambda: wait_for_outcomes(consumer, self.sqs, response_queue(urls), self.count, outcomes),
+                {"client": process.popen.pid, **self.servers, **(extra or {})},
+                lambda: wait_for_outcomes(process, self.sqs, response_queue(urls), self.count, outcomes),
                 readers,
             )
         finally:
-            consumer.stop()
+            process.stop()
         drop_queues(self.sqs, urls)
 
 
-def run(count: int, sample: int, sqs_kind: str, latency_ms: float) -> dict[str, Any]:
-    """Start the local SQS and the maker, time the producer and every drain; return the figures."""
+def run(count: int, sample: int, sqs_kind: str, latency_ms: float, sign_calls: int) -> dict[str, Any]:
+    """Start the local SQS and the maker, time the producer, signing and every drain; return the figures."""
     processes: list[Process] = []
     with_metrics = consumer_supports("--metrics-port")
     with tempfile.TemporaryDirectory(prefix="widgets-bench-") as tmp:
@@ -369,9 +462,24 @@ def run(count: int, sample: int, sqs_kind: str, latency_ms: float) -> dict[str, 
             bench = Bench(count, sqs, maker_url, {"sqs": sqs_process.popen.pid, "maker": maker.popen.pid})
 
             producer = measure_producer(sqs, count)
+            bench.signing = measure_signing(sign_calls)
             bench.drain_here("raw", lambda urls: drain_raw(sqs, urls.request, count))
             bench.drain_here("raw_respond", lambda urls: drain_raw_respond(sqs, urls, count))
             bench.drain_consumer("consumer", endpoint)
+            # The relay to the same maker, between two consumer drains (ABBA): the ratio the issue's
+            # target is about, from both pairs.
+            secret = new_secret()
+            bench.drain_relay("relay", endpoint, secret)
+            bench.drain_relay("relay_2", endpoint, secret)
+            bench.drain_consumer("consumer_2", endpoint)
+            # The same, to a maker of its own that checks each signature (it costs the maker CPU).
+            verifier, verifier_base = start_maker(Path(tmp) / "verifier.db", env={SECRET_ENV: secret})
+            processes.append(verifier)
+            bench.drain_relay(
+                "relay_verified", endpoint, secret, f"{verifier_base}/add", {"maker": verifier.popen.pid}
+            )
+            verifier.stop()
+            processes.remove(verifier)
             if with_metrics:
                 bench.drain_consumer("consumer_metrics", endpoint, ["--metrics-port", str(free_port())])
             if latency_ms > 0:
@@ -398,6 +506,16 @@ def per_message_ms(drain: Drain, key: str) -> float:
     return drain.cpu[key] * 1000 / drain.messages
 
 
+def pooled_rate(drains: Sequence[Drain]) -> float:
+    """Return the messages per second of several drains taken together."""
+    return sum(d.messages for d in drains) / sum(d.seconds for d in drains)
+
+
+def pooled_cpu_ms(drains: Sequence[Drain], key: str = "client") -> float:
+    """Return a process's CPU milliseconds per message over several drains taken together."""
+    return sum(d.cpu[key] for d in drains) * 1000 / sum(d.messages for d in drains)
+
+
 def figures_of(
     bench: Bench, count: int, sample: int, sqs_kind: str, latency_ms: float, producer: dict[str, float]
 ) -> dict[str, Any]:
@@ -406,11 +524,18 @@ def figures_of(
     raw, cons, seed = drains["raw"], drains["consumer"], drains["one_at_a_time"]
     cpu_ms = per_message_ms(cons, "client")
     maker_ms = per_message_ms(cons, "maker")
+    verified = drains["relay_verified"]
+    relays, consumers = [drains["relay"], drains["relay_2"]], [cons, drains["consumer_2"]]
+    relay_cpu_ms, consumers_cpu_ms = pooled_cpu_ms(relays), pooled_cpu_ms(consumers)
     ratios = {
         "consumer_raw": cons.rate / raw.rate,
         "consumer_one_at_a_time": cons.rate / seed.rate,
         "consumer_raw_respond": cons.rate / drains["raw_respond"].rate,
+        "relay_consumer": pooled_rate(relays) / pooled_rate(consumers),
+        "relay_verified_consumer": verified.rate / pooled_rate(consumers),
+        "relay_cpu": relay_cpu_ms / consumers_cpu_ms,
     }
+    signing_ms = bench.signing["one_secret_1kib"]
     metrics_cpu = latency_consumer = latency_raw_respond = None
     if "consumer_metrics" in drains:
         metrics_cpu = per_message_ms(drains["consumer_metrics"], "client") / cpu_ms
@@ -439,6 +564,10 @@ def figures_of(
         "consumer_cpu_ms_per_message": round(cpu_ms, 3),
         "consumer_cpu_seconds_per_1000": round(cpu_ms, 3),
         "maker_cpu_ms_per_request": round(maker_ms, 3),
+        "relay_cpu_ms_per_message": round(relay_cpu_ms, 3),  # relay and relay-2
+        "consumers_cpu_ms_per_message": round(consumers_cpu_ms, 3),  # consumer and consumer-2
+        "relay_verified_maker_cpu_ms_per_request": round(per_message_ms(verified, "maker"), 3),
+        "signing": bench.signing,
         "producer": producer,
         "stores": bench.stores,
         # None: not measured in this run (the consumer has no --metrics-port, or --sqs-latency-ms 0).
@@ -449,6 +578,8 @@ def figures_of(
             "consumer_cpu": cpu_ms < TARGET_CPU_MS,
             "consumer_cpu_issue_8": cpu_ms <= TARGET_CPU_MS_ISSUE_8,
             "maker_cpu": maker_ms <= TARGET_MAKER_CPU_MS,
+            "relay_consumer": ratios["relay_consumer"] >= TARGET_RELAY_CONSUMER,
+            "signing_cpu": signing_ms <= TARGET_SIGNING_MS,
             "metrics_cpu": None if metrics_cpu is None else metrics_cpu <= TARGET_METRICS_CPU,
             "latency_consumer": None
             if latency_consumer is None
@@ -521,6 +652,7 @@ def report(figures: dict[str, Any]) -> str:
         f"drain   target <= {TARGET_MAKER_CPU_MS:g} ms: {verdict[met['maker_cpu']]}",
         f"metrics CPU             {ratio_text(ratios['metrics_cpu'], 3)}   consumer CPU per message with "
         f"--metrics-port / without, target <= {TARGET_METRICS_CPU:g}: {verdict[met['metrics_cpu']]}",
+        *relay_report(figures, verdict),
         f"latency/no latency      {ratio_text(ratios['latency_consumer'], 2)}   the consumer's rate with "
         f"{latency_ms:g} ms per SQS call / without, target >= {TARGET_LATENCY_CONSUMER:g}: "
         f"{verdict[met['latency_consumer']]}",
@@ -534,6 +666,30 @@ def report(figures: dict[str, Any]) -> str:
         *stores_report(figures["stores"], count),
     ]
     return "\n".join(lines)
+
+
+def relay_report(figures: dict[str, Any], verdict: dict[bool | None, str]) -> list[str]:
+    """Return the lines comparing sqs-relay with the widget consumer, and signing's own cost."""
+    ratios, met, signing = figures["ratios"], figures["targets_met"], figures["signing"]
+    return [
+        f"relay/consumer          {ratios['relay_consumer']:>8.2f}   sqs-relay (signing, one secret) / the "
+        f"widget consumer, same maker, same depth, target >= {TARGET_RELAY_CONSUMER:g} (issue 18): "
+        f"{verdict[met['relay_consumer']]}",
+        "  (msg/s of relay and relay-2 / consumer and consumer-2, drained in that order: consumer, relay, "
+        "relay-2, consumer-2)",
+        f"  CPU: relay {figures['relay_cpu_ms_per_message']:.3f} ms/message, consumer "
+        f"{figures['consumers_cpu_ms_per_message']:.3f} ({ratios['relay_cpu']:.2f}x)",
+        "  relay-verified (the maker checking each signature) / consumer: "
+        f"{ratios['relay_verified_consumer']:.2f}; "
+        f"maker CPU {figures['relay_verified_maker_cpu_ms_per_request']:.3f} ms/request, "
+        f"{figures['maker_cpu_ms_per_request']:.3f} without checking",
+        f"signing CPU             {signing['one_secret_1kib']:>8.4f} ms/message   Signer.headers, one "
+        f"secret, {SIGNED_BODY_BYTES}-byte body, {signing['calls']:,} calls, target <= "
+        f"{TARGET_SIGNING_MS:g} ms (issue 18): {verdict[met['signing_cpu']]}",
+        f"  {signing['small_body_bytes']}-byte body (the relay drain's): "
+        f"{signing['one_secret_small']:.4f} ms; "
+        f"two secrets, {SIGNED_BODY_BYTES} bytes: {signing['two_secrets_1kib']:.4f} ms",
+    ]
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -675,17 +831,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=20.0,
         help="latency added to every SQS call in the -latency drains (default 20; 0 skips them)",
     )
+    parser.add_argument(
+        "--sign-calls",
+        type=int,
+        default=SIGN_CALLS,
+        help=f"calls of Signer.headers timed (default {SIGN_CALLS:,})",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
     args = parser.parse_args(argv)
-    if args.count < 1 or args.sample < 1:
-        parser.error("--count and --sample must be at least 1")
+    if args.count < 1 or args.sample < 1 or args.sign_calls < 1:
+        parser.error("--count, --sample and --sign-calls must be at least 1")
     if args.sqs_latency_ms < 0:
         parser.error("--sqs-latency-ms must be at least 0")
     try:
         sqs_kind = local_sqs_kind()
     except ValueError as error:
         parser.error(str(error))
-    figures = run(args.count, min(args.sample, args.count), sqs_kind, args.sqs_latency_ms)
+    figures = run(args.count, min(args.sample, args.count), sqs_kind, args.sqs_latency_ms, args.sign_calls)
     print(report(figures), flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

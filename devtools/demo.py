@@ -4,19 +4,23 @@ Starts a local SQS, the widget maker and the consumer on free ports with short t
 sends requests with the real producer script and shows every outcome: OK, REJECTED, a maker
 outage longer than the retry window that the breaker rides out with nothing lost, a FAILED
 request (one the maker refuses with 500 while it makes others) kept in the dead-letter queue,
-and FIFO queues: two customers' requests, each customer's made in the order sent, through an outage.
+FIFO queues: two customers' requests, each customer's made in the order sent, through an outage;
+and sqs-relay, the same consumer for any queue and any HTTP service, forwarding JSON and plain-text
+messages from a queue named Orders to a small receiver that checks each call's signature.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import secrets
 import shlex
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 
@@ -31,6 +35,9 @@ from devtools.stack import (
     start_sqs,
 )
 from widgets.sqs import DEAD_LETTER_QUEUE, SQSClient
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs.type_defs import MessageAttributeValueTypeDef
 
 # Short timings so the tour takes well under a minute; the defaults are for real use.
 CONSUMER_ARGS = [
@@ -54,6 +61,18 @@ FIFO_QUEUES = [
 FIFO_GROUPS = ("customer-1", "customer-2")
 FIFO_COUNT = 4
 FIFO_OUTAGE_SECONDS = 2
+# The relay part: a queue of another name, its outcome reports, and what goes through it (the
+# third document is one the receiver refuses with 422: --reject-field reject).
+RELAY_QUEUE = "Orders"
+RELAY_OUTCOMES = "OrderOutcomes"
+RELAY_ARGS = ["--queue", RELAY_QUEUE, "--response-queue", RELAY_OUTCOMES, "--wait-time", "1"]
+# Each body with its ContentType attribute (None: the relay's --content-type, application/json).
+RELAY_MESSAGES = [
+    ('{"order": 1, "item": "widget", "note": "Grüße"}', None),
+    ('{"order": 2, "item": "gadget", "quantity": 3}', None),
+    ('{"order": 3, "item": "gizmo", "reject": true}', None),
+    ("Order 4: please call before delivery.", "text/plain; charset=utf-8"),
+]
 
 
 def say(text: str) -> None:
@@ -83,9 +102,11 @@ def produce(endpoint: str, *args: str, outcomes: Counter[str]) -> None:
         print(f"   {line}")
 
 
-def fifo_responses(client: SQSClient, expected: int, timeout: float = 30) -> list[dict[str, Any]]:
-    """Read and delete responses from the FIFO response queue until expected came (or timeout)."""
-    url = client.get_queue_url(QueueName="WidgetResponseQueue.fifo")["QueueUrl"]
+def read_responses(
+    client: SQSClient, expected: int, timeout: float = 30, queue: str = "WidgetResponseQueue.fifo"
+) -> list[dict[str, Any]]:
+    """Read and delete responses from a response queue (the FIFO one) until expected came (or timeout)."""
+    url = client.get_queue_url(QueueName=queue)["QueueUrl"]
     found: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
     while len(found) < expected and time.monotonic() < deadline:
@@ -109,7 +130,7 @@ def send_fifo(endpoint: str) -> dict[str, list[str]]:
 
 def show_fifo_order(client: SQSClient, sent: dict[str, list[str]]) -> bool:
     """Print each customer's widgets in the order the maker made them; return whether it is the order sent."""
-    responses = fifo_responses(client, sum(len(ids) for ids in sent.values()))
+    responses = read_responses(client, sum(len(ids) for ids in sent.values()))
     # The widget in each OK response carries the maker's date_created, to the microsecond.
     made = {r["WidgetId"]: r["Widget"]["date_created"] for r in responses if r.get("Status") == "OK"}
     in_order = True
@@ -123,6 +144,91 @@ def show_fifo_order(client: SQSClient, sent: dict[str, list[str]]) -> bool:
         print(f"      {'made in the order they were sent' if ordered else 'NOT made in the order sent'}")
         in_order = in_order and ordered
     return in_order
+
+
+def echo_receiver(name: str, line: str) -> None:
+    """Show everything the webhook receiver prints: each call it got, its headers and its answer."""
+    print(f"   [{name}] {line}", flush=True)
+
+
+def demo_secret() -> str:
+    """Return a new Standard Webhooks secret: whsec_ and the base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def send_to_relay(client: SQSClient) -> dict[str, str]:
+    """Send RELAY_MESSAGES to the relay's queue, each with a Tenant attribute and a traceparent;
+    return each body by the message id it was sent with."""
+    url = client.get_queue_url(QueueName=RELAY_QUEUE)["QueueUrl"]
+    sent = {}
+    for body, content_type in RELAY_MESSAGES:
+        attributes: dict[str, MessageAttributeValueTypeDef] = {
+            "Tenant": {"DataType": "String", "StringValue": "acme"},
+            # W3C Trace Context: a new trace id and parent span id, sampled
+            "traceparent": {
+                "DataType": "String",
+                "StringValue": f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01",
+            },
+        }
+        if content_type is not None:
+            attributes["ContentType"] = {"DataType": "String", "StringValue": content_type}
+        answer = client.send_message(QueueUrl=url, MessageBody=body, MessageAttributes=attributes)
+        sent[answer["MessageId"]] = body
+        print(f"   sent {body!r}")
+    return sent
+
+
+def show_relay_reports(client: SQSClient, receiver: Process, sent: dict[str, str]) -> Counter[str]:
+    """Print the outcome report of each message sent to the relay, once the receiver showed every
+    call; return the outcomes counted."""
+    reports = read_responses(client, len(sent), queue=RELAY_OUTCOMES)
+    deadline = time.monotonic() + 10
+    while sum(line.strip().startswith("-> ") for line in receiver.lines) < len(sent):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    say(f"The outcome reports on {RELAY_OUTCOMES} (--response-queue), one per message")
+    outcomes: Counter[str] = Counter()
+    order = list(sent)
+    for report in sorted(
+        reports, key=lambda r: order.index(r["MessageId"]) if r["MessageId"] in sent else 99
+    ):
+        outcomes[report["Status"]] += 1
+        body = sent.get(report["MessageId"], "?")
+        print(f"   {report['Status']:<9}{body!r:<52}-> {report.get('StatusCode')} {report.get('Body', '')}")
+    return outcomes
+
+
+def relay_part(endpoint: str, client: SQSClient, processes: list[Process]) -> tuple[Counter[str], int]:
+    """Start the webhook receiver and sqs-relay (added to processes), relay RELAY_MESSAGES and show
+    what the receiver got and the outcome reports; return the outcomes and how many calls verified."""
+    say(f"sqs-relay: any queue to any HTTP service; here {RELAY_QUEUE} to a receiver that checks signatures")
+    secret_env = {"WEBHOOK_SECRET": demo_secret()}  # both sides know it; never on a command line
+    print("$ export WEBHOOK_SECRET=whsec_...  # a new one: whsec_ and 32 random bytes in base64")
+    receiver_args = ["--port", "0", "--reject-field", "reject"]
+    print(f"$ venv/bin/python -m devtools.webhook_receiver {' '.join(receiver_args)}", flush=True)
+    receiver = Process(
+        "receiver",
+        [PYTHON, "-m", "devtools.webhook_receiver", *receiver_args],
+        env=secret_env,
+        echo=echo_receiver,
+    )
+    processes.append(receiver)
+    receiver_url = receiver.wait_for(r"listening on (http://127\.0\.0\.1:\d+)").group(1)
+    relay_args = [*RELAY_ARGS, "--target-url", f"{receiver_url}/orders"]
+    print(f"$ venv/bin/sqs-relay {' '.join(relay_args)}", flush=True)
+    relay = Process(
+        "relay",
+        [PYTHON, "sqs_relay.py", "--endpoint-url", endpoint, *relay_args],
+        env=secret_env,
+        echo=echo_retries,
+    )
+    processes.append(relay)
+    relay.wait_for(r"consuming ")
+    print('   three JSON documents (the third has "reject": true) and a plain-text one, each with a Tenant')
+    print("   attribute and a traceparent, which the receiver gets as headers:")
+    outcomes = show_relay_reports(client, receiver, send_to_relay(client))
+    return outcomes, sum("signature verified" in line for line in receiver.lines)
 
 
 def main() -> int:
@@ -207,6 +313,8 @@ def main() -> int:
             maker, _ = start_maker(db, port=maker_port, args=maker_args)
             processes.append(maker)
             fifo_in_order = show_fifo_order(client, sent)
+
+            relay_outcomes, verified = relay_part(endpoint, client, processes)
         finally:
             for process in reversed(processes):
                 process.stop()
@@ -217,10 +325,16 @@ def main() -> int:
     print(f"   dead-letter queue: {len(kept)} message(s); took {time.monotonic() - started:.0f}s")
     print(f"   FIFO: {len(FIFO_GROUPS)} customers x {FIFO_COUNT} requests, each made in order: "
           f"{'yes' if fifo_in_order else 'NO'}")  # fmt: skip
+    print(f"   sqs-relay: OK {relay_outcomes['OK']}, REJECTED {relay_outcomes['REJECTED']}; "
+          f"signatures verified by the receiver: {verified} of {len(RELAY_MESSAGES)}")  # fmt: skip
     expected = Counter({"OK": 7, "REJECTED": 1, "FAILED": 1})
-    if outcomes != expected or len(kept) != 1 or not fifo_in_order:
+    relay_expected = Counter({"OK": len(RELAY_MESSAGES) - 1, "REJECTED": 1})
+    relay_ok = relay_outcomes == relay_expected and verified == len(RELAY_MESSAGES)
+    if outcomes != expected or len(kept) != 1 or not fifo_in_order or not relay_ok:
         print(
-            f"   expected {dict(expected)}, 1 dead letter and FIFO order: something is wrong", file=sys.stderr
+            f"   expected {dict(expected)}, 1 dead letter, FIFO order, and from the relay "
+            f"{dict(relay_expected)}, every signature verified: something is wrong",
+            file=sys.stderr,
         )
         return 1
     print("   every request ended as it should. Next: make run, or see README.md")

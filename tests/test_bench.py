@@ -24,7 +24,7 @@ def test_bench_reports_every_figure(tmp_path: Path) -> None:
         [
             sys.executable,
             *("-m", "bench.bench", "--count", "30", "--sample", "2", "--sqs-latency-ms", "5"),
-            *("--json", str(out)),
+            *("--sign-calls", "1000", "--json", str(out)),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -46,6 +46,10 @@ def test_bench_reports_every_figure(tmp_path: Path) -> None:
         "maker CPU",
         "metrics CPU",
         "latency/no latency",
+        "relay ",
+        "relay-verified ",
+        "relay/consumer",
+        "signing CPU",
     ):
         assert label in result.stdout
     assert "ms/message" in result.stdout and "s per 1000 messages" in result.stdout
@@ -55,7 +59,15 @@ def test_bench_reports_every_figure(tmp_path: Path) -> None:
     assert figures["local_sqs"].startswith(f"{local_sqs_kind()} ")
     assert figures["sqs_latency_ms"] == 5
     with_metrics = "--metrics-port" in run_script("widget_consumer.py", ["--help"]).stdout
-    consumers = ["consumer", *(["consumer_metrics"] if with_metrics else []), "consumer_latency"]
+    consumers = [
+        "consumer",
+        "relay",
+        "relay_2",
+        "consumer_2",
+        "relay_verified",
+        *(["consumer_metrics"] if with_metrics else []),
+        "consumer_latency",
+    ]
     drains = figures["drains"]
     expected = {name: (30, 30) for name in ("raw", "raw_respond", *consumers, "raw_respond_latency")}
     assert {name: (d["depth"], d["messages"]) for name, d in drains.items()} == {
@@ -73,10 +85,16 @@ def test_bench_reports_every_figure(tmp_path: Path) -> None:
         "metrics_cpu",
         "latency_consumer",
         "latency_raw_respond",
+        "relay_consumer",
+        "relay_verified_consumer",
+        "relay_cpu",
     }
     assert ratios["latency_consumer"] > 0 and ratios["latency_raw_respond"] > 0
     assert (ratios["metrics_cpu"] is not None) == with_metrics
     assert figures["consumer_cpu_ms_per_message"] >= 0 and figures["maker_cpu_ms_per_request"] > 0
+    assert ratios["relay_consumer"] > 0 and figures["relay_cpu_ms_per_message"] >= 0
+    signing = figures["signing"]
+    assert signing["calls"] == 1000 and signing["one_secret_1kib"] > 0 and signing["two_secrets_1kib"] > 0
     assert figures["producer"]["batch_rate"] > 0 and figures["producer"]["single_rate"] > 0
     met = figures["targets_met"]
     assert set(met) == {
@@ -88,6 +106,8 @@ def test_bench_reports_every_figure(tmp_path: Path) -> None:
         "maker_cpu",
         "metrics_cpu",
         "latency_consumer",
+        "relay_consumer",
+        "signing_cpu",
     }
     assert isinstance(met["latency_consumer"], bool)
     assert (met["metrics_cpu"] is None) == (not with_metrics)

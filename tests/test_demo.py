@@ -33,4 +33,10 @@ def test_demo_shows_every_outcome() -> None:
     assert "OK       7" in out and "REJECTED 1" in out and "FAILED   1" in out
     assert out.count("made in the order they were sent") == 2
     assert "FIFO: 2 customers x 4 requests, each made in order: yes" in out
+    # sqs-relay: four calls signed and verified with the reference library, one refused with 422
+    assert out.count("POST /orders  signature verified") == 4 and "signature refused" not in out
+    assert "X-SQS-Attribute-Tenant: acme" in out and "traceparent: 00-" in out
+    assert "Content-Type: text/plain; charset=utf-8" in out
+    assert 'REJECTED \'{"order": 3, "item": "gizmo", "reject": true}\'' in out and "-> 422" in out
+    assert "sqs-relay: OK 3, REJECTED 1; signatures verified by the receiver: 4 of 4" in out
     assert "every request ended as it should" in out
