@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import shutil
 import importlib.metadata
 import subprocess
 import sys
@@ -59,7 +60,11 @@ def test_the_console_scripts_are_the_command_lines() -> None:
 def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     build = [PYTHON, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(wheels)]
-    subprocess.run([*build, str(ROOT)], check=True, capture_output=True, cwd=tmp_path)
+    # Built from a copy: setuptools writes its build/ and egg-info into the tree it builds.
+    source = tmp_path / "source"
+    junk = ("venv", "node_modules", ".git", "build", "*.egg-info", "__pycache__", ".*_cache", "widgets.db*")
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*junk))
+    subprocess.run([*build, str(source)], check=True, capture_output=True, cwd=tmp_path)
     fresh = tmp_path / "fresh"
     subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(fresh)], check=True)  # type: ignore[attr-defined]
     site = Path(sysconfig.get_path("purelib", vars={"base": str(fresh), "platbase": str(fresh)}))
