@@ -15,6 +15,7 @@ import widget_producer
 import widget_queues
 import widgets.producer
 import widgets.queues
+from tests.helpers import FIFO_NAMES, attributes, take_all
 from widgets.errors import SetupError
 from widgets.messages import OK, new_widget_id, request_body, response_body
 from widgets.sqs import (
@@ -31,33 +32,6 @@ from widgets.sqs import (
     fifo_fields,
     is_fifo,
 )
-
-FIFO_NAMES = (REQUEST_QUEUE + ".fifo", RESPONSE_QUEUE + ".fifo", DEAD_LETTER_QUEUE + ".fifo")
-
-
-def attributes(sqs: Any, url: str) -> dict[str, str]:
-    """Return every attribute of a queue."""
-    found: dict[str, str] = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
-    return found
-
-
-def take_all(sqs: Any, url: str) -> list[dict[str, Any]]:
-    """Receive and delete every message of a queue, in the order SQS hands them out, with their attributes.
-
-    Deleting is what lets a FIFO queue hand out the rest of a group.
-    """
-    taken: list[dict[str, Any]] = []
-    while messages := sqs.receive_message(
-        QueueUrl=url,
-        MaxNumberOfMessages=10,
-        VisibilityTimeout=30,
-        MessageAttributeNames=["All"],
-        MessageSystemAttributeNames=["All"],
-    ).get("Messages"):
-        taken.extend(messages)
-        for message in messages:
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-    return taken
 
 
 def produce(*args: str) -> Result:

@@ -11,31 +11,15 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
-from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.stack import free_port
+from tests.helpers import Samples, by_label, scrape
 from widgets.consumer import Consumer, Settings
 from widgets.consumer.metrics import ConsumerMetrics
 from widgets.consumer.observer import Observer, Snapshot
 from widgets.messages import OK, REJECTED
 from widgets.producer import send_requests
 from widgets.sqs import QueueUrls, watch_calls
-
-Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
-
-
-def scrape(text: str) -> Samples:
-    """Parse Prometheus text into {sample name: {sorted labels: value}}."""
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-    return samples
-
-
-def by_label(samples: Samples, name: str, label: str) -> dict[str, float]:
-    """Return a metric's values keyed by one label's value."""
-    return {dict(labels)[label]: value for labels, value in samples.get(name, {}).items()}
 
 
 def rendered(metrics: ConsumerMetrics) -> Samples:

@@ -13,8 +13,7 @@ import pytest
 import requests
 
 from devtools.stack import Process, start_sqs
-from tests.test_consumer_metrics import Samples, by_label, scrape
-from tests.test_e2e import Stack, wait_until
+from tests.helpers import Samples, Stack, by_label, scrape, wait_until
 
 pytestmark = pytest.mark.e2e
 

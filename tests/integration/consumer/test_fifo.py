@@ -14,8 +14,7 @@ from flask import Flask
 import widget_consumer
 import widget_producer
 import widgets.producer
-from tests.conftest import ScriptedMaker
-from tests.test_fifo import FIFO_NAMES, attributes, take_all
+from tests.helpers import FIFO_NAMES, ScriptedMaker, attributes, take_all
 from widgets.consumer import Consumer, Settings
 from widgets.messages import FAILED, OK, RETRY, Received, new_widget_id
 from widgets.sqs import FIFO_REDRIVE_MARGIN, RESPONSE_QUEUE, QueueUrls, ensure_queues

@@ -13,9 +13,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
 
-from tests.test_breaker import FakeClock
-from tests.test_consumer import depth, received, run_until
-from tests.test_fifo import take_all
+from tests.helpers import FakeClock, depth, received, take_all, wait_until
 from widgets.consumer import outbox as outbox_module
 from widgets.consumer.breaker import Breaker
 from widgets.consumer.dispatcher import Dispatcher
@@ -82,7 +80,7 @@ def test_a_groups_responses_arrive_in_order_on_a_client_of_20_ms_a_call(
     outbox.start()
     for number, message in enumerate(messages):
         outbox.respond_and_delete(message, json.dumps({"Number": number}))
-    run_until(lambda: outbox.pending() == 0, timeout=20)
+    wait_until(lambda: outbox.pending() == 0, timeout=20)
     outbox.close(1)
     by_group: dict[str, list[int]] = {}
     for response in take_all(sqs, fifo_responses.response):
@@ -126,17 +124,17 @@ def test_a_hung_call_holds_back_only_its_own_writes(sqs: Any, queues: QueueUrls)
     try:
         for message in messages[:10]:
             outbox.respond_and_delete(message, "{}")  # a full batch: its call hangs
-        run_until(lambda: slow.hanging == 1)
+        wait_until(lambda: slow.hanging == 1)
         extended = threading.Event()
         outbox.change_visibility(messages[20], 60, done=lambda called_at: extended.set())
         for message in messages[10:20]:
             outbox.respond_and_delete(message, "{}")
         # The second batch is answered and deleted, and the extension made, while the first
         # call still waits for its answer.
-        run_until(lambda: outbox.pending() == 10 and extended.is_set(), timeout=5)
+        wait_until(lambda: outbox.pending() == 10 and extended.is_set(), timeout=5)
         assert depth(sqs, queues.request) == (0, 11)
         slow.released.set()  # the hung call times out; its writes are made again
-        run_until(lambda: outbox.pending() == 0, timeout=5)
+        wait_until(lambda: outbox.pending() == 0, timeout=5)
         assert depth(sqs, queues.request) == (0, 1)
     finally:
         slow.released.set()
@@ -152,10 +150,10 @@ def test_the_heartbeats_extensions_never_wait_behind_stalled_responses(sqs: Any,
     try:
         for message in messages[:100]:
             outbox.respond_and_delete(message, "{}")  # ten full batches: every response call hangs
-        run_until(lambda: slow.hanging == outbox_module.CALLS_IN_FLIGHT)
+        wait_until(lambda: slow.hanging == outbox_module.CALLS_IN_FLIGHT)
         extended = threading.Event()
         outbox.change_visibility(messages[100], 60, done=lambda called_at: extended.set())
-        run_until(extended.is_set, timeout=2)
+        wait_until(extended.is_set, timeout=2)
     finally:
         slow.released.set()
         outbox.close(0.1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tests.test_breaker import FakeClock
+from tests.helpers import FakeClock
 from widgets.consumer.heartbeat import Heartbeat
 from widgets.messages import Received
 

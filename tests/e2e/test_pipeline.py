@@ -9,97 +9,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from devtools.latency_proxy import LatencyProxy, parse_target
-from devtools.stack import Process, run_script, start_consumer, start_maker, start_sqs
-from tests.conftest import ScriptedMaker
+from devtools.stack import start_sqs
+from tests.helpers import ScriptedMaker, Stack
 from widgets.maker.store import WidgetStore
 from widgets.messages import new_widget_id
 from widgets.producer import send_requests
-from widgets.sqs import DEAD_LETTER_QUEUE, REQUEST_QUEUE, RESPONSE_QUEUE, QueueUrls, ensure_queues
+from widgets.sqs import ensure_queues
 
 pytestmark = pytest.mark.e2e
-
-# One- and two-second timings keep every retry short.
-FAST = ["--wait-time", "1", "--visibility-timeout", "3", "--http-timeout", "1", "--retry-delay", "1"]
-
-
-class Stack:
-    """A local SQS and a maker, with the consumers a test starts; everything stopped at the end."""
-
-    def __init__(self, tmp_path: Path, sqs_kind: str) -> None:
-        """Start the local SQS (of that kind) and the maker."""
-        self.processes: list[Process] = []
-        self.sqs_kind = sqs_kind
-        self.sqs_process, self.endpoint = start_sqs(kind=sqs_kind)
-        self.processes.append(self.sqs_process)
-        self.db = tmp_path / "widgets.db"
-        self.maker, self.maker_base = start_maker(self.db)
-        self.processes.append(self.maker)
-        self.client = boto3.client(
-            "sqs", endpoint_url=self.endpoint, region_name="us-east-1",
-            aws_access_key_id="local", aws_secret_access_key="local",
-        )  # fmt: skip
-        self.urls = self.queues()
-
-    def queues(self, max_receives: int = 3) -> QueueUrls:
-        """Create the queues as the consumer would (again after a restart of the local SQS)."""
-        return ensure_queues(self.client, REQUEST_QUEUE, RESPONSE_QUEUE, DEAD_LETTER_QUEUE, max_receives)
-
-    def consumer(
-        self, *args: str, maker_url: str | None = None, name: str = "consumer", endpoint: str | None = None
-    ) -> Process:
-        """Start a consumer with the fast timings plus args (on endpoint, else the local SQS's)."""
-        process = start_consumer(
-            endpoint or self.endpoint, maker_url or f"{self.maker_base}/add", [*FAST, *args], name=name
-        )
-        self.processes.append(process)
-        return process
-
-    def produce(self, *args: str) -> Any:
-        """Run the producer to completion."""
-        return run_script("widget_producer.py", ["--endpoint-url", self.endpoint, *args])
-
-    def restart_maker(self, *args: str) -> None:
-        """Start the maker again on its old port and database (stopping it first if it runs)."""
-        self.maker.stop()
-        self.maker, _ = start_maker(self.db, port=int(self.maker_base.rsplit(":", 1)[1]), args=args)
-        self.processes.append(self.maker)
-
-    def depth(self, url: str) -> tuple[int, int]:
-        """Return (visible, in flight) of a queue."""
-        attributes = self.client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
-        return int(attributes["ApproximateNumberOfMessages"]), int(
-            attributes["ApproximateNumberOfMessagesNotVisible"]
-        )
-
-    def responses(self, expected: int = 0, timeout: float = 10) -> list[dict[str, Any]]:
-        """Drain the response queue, waiting up to timeout for expected responses; return them."""
-        found: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout
-        while len(found) < expected and time.monotonic() < deadline:
-            found.extend(self._drain_responses())
-        return found + self._drain_responses()
-
-    def _drain_responses(self) -> list[dict[str, Any]]:
-        """Receive and delete every response there is now."""
-        found = []
-        while messages := self.client.receive_message(
-            QueueUrl=self.urls.response, MaxNumberOfMessages=10
-        ).get("Messages"):
-            for message in messages:
-                found.append(json.loads(message["Body"]))
-                self.client.delete_message(
-                    QueueUrl=self.urls.response, ReceiptHandle=message["ReceiptHandle"]
-                )
-        return found
-
-    def stop(self) -> None:
-        """Stop every process this stack started."""
-        for process in reversed(self.processes):
-            process.stop(timeout=5)
 
 
 @pytest.fixture

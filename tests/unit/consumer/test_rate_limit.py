@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from tests.test_breaker import FakeClock
+from tests.helpers import FakeClock
 from widgets.consumer.rate_limit import RateLimiter
 
 

@@ -14,8 +14,7 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from devtools.stack import free_port
-from tests.conftest import ScriptedMaker, serve_in_thread
-from tests.test_consumer import all_bodies, depth, run_until
+from tests.helpers import ScriptedMaker, all_bodies, depth, serve_in_thread, wait_until
 from widgets.consumer import Consumer, Settings
 from widgets.maker import create_app
 from widgets.messages import FAILED, OK
@@ -80,12 +79,12 @@ def test_an_outage_five_retry_windows_long_fails_nothing(
     sqs.receive_message = receive
     consumer = running(Consumer(sqs, queues, settings))
     try:
-        run_until(lambda: consumer.breaker.state == "open")
+        wait_until(lambda: consumer.breaker.state == "open")
         opened = time.monotonic()  # a receive under way now may still end; none may start
         time.sleep(5 * settings.max_receives * settings.retry_delay)  # the outage
         receives_in_outage = sum(started > opened for started in receives_started)
         switchable.up()
-        run_until(lambda: consumer.counts[OK] == count, timeout=60)
+        wait_until(lambda: consumer.counts[OK] == count, timeout=60)
     finally:
         consumer.stop()
         assert consumer.join(grace=1) == 0
@@ -108,7 +107,7 @@ def test_a_request_failing_among_others_ends_failed(sqs: Any, queues: QueueUrls,
     settings = Settings(maker_url=maker.url, max_receives=3, retry_delay=1, wait_time=0, workers=2)
     consumer = running(Consumer(sqs, queues, settings))
     try:
-        run_until(lambda: consumer.counts[FAILED] == 1 and consumer.counts[OK] == 20, timeout=20)
+        wait_until(lambda: consumer.counts[FAILED] == 1 and consumer.counts[OK] == 20, timeout=20)
     finally:
         consumer.stop()
         consumer.join(grace=1)
@@ -131,10 +130,10 @@ def test_a_slow_maker_call_outlasting_the_visibility_is_made_once(
     first = running(Consumer(sqs, queues, settings))
     second: Consumer | None = None
     try:
-        run_until(lambda: len(script.requests) == 1)
+        wait_until(lambda: len(script.requests) == 1)
         # A second consumer polls the queue all along the 3 s call: it must never get the request.
         second = running(Consumer(sqs, queues, settings))
-        run_until(lambda: first.counts[OK] == 1, timeout=10)
+        wait_until(lambda: first.counts[OK] == 1, timeout=10)
         time.sleep(1.5)
     finally:
         first.stop()
@@ -158,9 +157,9 @@ def test_retry_after_on_a_429_is_obeyed(
     send_requests(sqs, queues.request, [VALID_ID])
     consumer = running(Consumer(sqs, queues, Settings(maker_url=url, wait_time=0, retry_delay=30)))
     try:
-        run_until(lambda: len(script.requests) == 1)
+        wait_until(lambda: len(script.requests) == 1)
         script.status, script.headers = 201, {}
-        run_until(lambda: consumer.counts[OK] == 1, timeout=10)
+        wait_until(lambda: consumer.counts[OK] == 1, timeout=10)
     finally:
         consumer.stop()
         consumer.join(grace=1)
@@ -180,7 +179,7 @@ def test_max_rate_holds_across_workers(
     settings = Settings(maker_url=url, wait_time=0, workers=8, max_rate=20)
     consumer = running(Consumer(sqs, queues, settings))
     try:
-        run_until(lambda: consumer.counts[OK] == count, timeout=20)
+        wait_until(lambda: consumer.counts[OK] == count, timeout=20)
     finally:
         consumer.stop()
         consumer.join(grace=1)

@@ -13,55 +13,17 @@ import pytest
 from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
 
 from devtools.stack import free_port
-from tests.conftest import ScriptedMaker
+from tests.helpers import ScriptedMaker, all_bodies, depth, receive_one, received, wait_until
 from widgets.consumer import Consumer, Settings
 from widgets.consumer import outbox as outbox_module
 from widgets.consumer.handling import RetryPolicy
 from widgets.consumer.maker_client import MakerClient
 from widgets.consumer.outbox import Outbox
-from widgets.messages import FAILED, OK, REJECTED, RETRY, Received, request_body
+from widgets.messages import FAILED, OK, REJECTED, RETRY, request_body
 from widgets.producer import send_requests
 from widgets.sqs import QueueUrls
 
 VALID_ID = "31f37378-54f4-11e5-ad75-3c970e65f731"
-
-
-def receive_one(sqs: Any, url: str, wait: int = 0) -> Received:
-    """Receive exactly one message from url, as the consumer does."""
-    messages = sqs.receive_message(
-        QueueUrl=url, WaitTimeSeconds=wait, VisibilityTimeout=30,
-        MessageSystemAttributeNames=["ApproximateReceiveCount"], MessageAttributeNames=["All"],
-    ).get("Messages", [])  # fmt: skip
-    assert len(messages) == 1
-    return Received.from_sqs(messages[0])
-
-
-def all_bodies(sqs: Any, url: str) -> list[dict[str, Any]]:
-    """Drain a queue; return its bodies, parsed, with message attributes under '_attributes'."""
-    bodies = []
-    while True:
-        messages = sqs.receive_message(
-            QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
-        ).get("Messages", [])
-        if not messages:
-            return bodies
-        for message in messages:
-            body = json.loads(message["Body"])
-            body["_attributes"] = {
-                k: v["StringValue"] for k, v in message.get("MessageAttributes", {}).items()
-            }
-            bodies.append(body)
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-
-
-def depth(sqs: Any, url: str) -> tuple[int, int]:
-    """Return (visible, in flight) of a queue."""
-    attributes = sqs.get_queue_attributes(
-        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]), int(
-        attributes["ApproximateNumberOfMessagesNotVisible"]
-    )
 
 
 def handle_one(
@@ -276,16 +238,6 @@ def test_retry_delay(backoff: str, counts: list[int], delays: list[int]) -> None
     assert [policy.delay(c) for c in counts] == delays
 
 
-def received(sqs: Any, url: str, count: int) -> list[Received]:
-    """Send count requests and receive them all (ten per receive at most)."""
-    send_requests(sqs, url, [str(uuid.uuid4()) for _ in range(count)])
-    messages: list[Received] = []
-    while len(messages) < count:
-        answer = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=30)
-        messages += map(Received.from_sqs, answer.get("Messages", []))
-    return messages
-
-
 def outbox_holding_answers(sqs: Any, queues: QueueUrls, count: int) -> Outbox:
     """Send and receive count requests; return an outbox holding a response and delete for each."""
     outbox = Outbox(sqs, queues, flush_interval=0)
@@ -339,7 +291,7 @@ def test_a_flush_for_a_full_batch_leaves_the_rest_until_its_interval(sqs: Any, q
     calls = batch_calls(sqs)
     started = time.monotonic()
     outbox.start()
-    run_until(lambda: outbox.pending() == 0, timeout=5)
+    wait_until(lambda: outbox.pending() == 0, timeout=5)
     outbox.close(1)
     assert [(name, size) for name, size, _ in calls] == [
         ("SendMessageBatch", 10),
@@ -405,14 +357,6 @@ def test_partial_response_batch_failure_keeps_the_request(
     assert len(all_bodies(sqs, queues.response)) == 2
 
 
-def run_until(condition: Any, timeout: float = 10) -> None:
-    """Wait until condition() is true."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_consumer_drains_the_queue_concurrently(
     sqs: Any, queues: QueueUrls, maker_url: str, app: Any
 ) -> None:
@@ -423,7 +367,7 @@ def test_consumer_drains_the_queue_concurrently(
     consumer.start()
     try:
         # At least once: a request may be delivered (and answered) twice, never lost.
-        run_until(lambda: depth(sqs, queues.request) == (0, 0) and consumer.outbox.pending() == 0)
+        wait_until(lambda: depth(sqs, queues.request) == (0, 0) and consumer.outbox.pending() == 0)
     finally:
         consumer.stop()
         assert consumer.join(grace=1) == 0
@@ -441,7 +385,7 @@ def test_stop_finishes_held_messages_and_hands_back_the_rest(
     send_requests(sqs, queues.request, [VALID_ID] * 6)
     consumer = Consumer(sqs, queues, Settings(maker_url=url, wait_time=0, workers=1, batch_size=6))
     consumer.start()
-    run_until(lambda: len(script.requests) == 1)
+    wait_until(lambda: len(script.requests) == 1)
     consumer.stop()
     assert consumer.join(grace=1) == 0
     # The one in the maker's hands was finished; the ones held but not started are visible at once.
@@ -470,10 +414,10 @@ def test_consumer_rides_out_an_sqs_outage(
     monkeypatch.setattr(sqs, "receive_message", down)
     consumer.start()
     try:
-        run_until(lambda: calls["failed"] >= 2)
+        wait_until(lambda: calls["failed"] >= 2)
         monkeypatch.setattr(sqs, "receive_message", real_receive)
         sqs.send_message(QueueUrl=queues.request, MessageBody=request_body(VALID_ID))
-        run_until(lambda: consumer.counts[OK] == 1, timeout=15)
+        wait_until(lambda: consumer.counts[OK] == 1, timeout=15)
     finally:
         consumer.stop()
         consumer.join(grace=1)
@@ -604,11 +548,11 @@ def test_heartbeat_keeps_a_slow_call_invisible(
     consumer = Consumer(sqs, queues, settings)
     consumer.start()
     try:
-        run_until(lambda: len(script.requests) == 1)
+        wait_until(lambda: len(script.requests) == 1)
         for _ in range(4):
             time.sleep(0.5)
             assert depth(sqs, queues.request) == (0, 1)
-        run_until(lambda: consumer.counts[OK] == 1)
+        wait_until(lambda: consumer.counts[OK] == 1)
     finally:
         consumer.stop()
         consumer.join(grace=1)
@@ -630,7 +574,7 @@ def test_a_request_is_held_until_sqs_confirms_its_delete(
     consumer = Consumer(sqs, queues, settings)
     consumer.start()
     try:
-        run_until(lambda: consumer.counts[OK] == 1)
+        wait_until(lambda: consumer.counts[OK] == 1)
         # Answered, its delete failing for two and a half visibility timeouts: the heartbeat
         # keeps it hidden, so no other consumer gets it, and it is neither made nor answered again.
         deadline = time.monotonic() + 5
@@ -639,7 +583,7 @@ def test_a_request_is_held_until_sqs_confirms_its_delete(
             time.sleep(0.25)
         assert consumer.outbox.pending() == 1
         monkeypatch.setattr(sqs, "delete_message_batch", real_delete)
-        run_until(lambda: consumer.outbox.pending() == 0)
+        wait_until(lambda: consumer.outbox.pending() == 0)
     finally:
         consumer.stop()
         consumer.join(grace=1)
@@ -670,15 +614,15 @@ def test_receiving_pauses_while_settling_lags_behind(
     consumer = Consumer(sqs, queues, Settings(maker_url=maker_url, wait_time=0, workers=2))
     consumer.start()
     try:
-        run_until(lambda: consumer.outbox.behind())
-        run_until(lambda: any("settling_behind" in r.getMessage() for r in caplog.records))
+        wait_until(lambda: consumer.outbox.behind())
+        wait_until(lambda: any("settling_behind" in r.getMessage() for r in caplog.records))
         receives = consumer.receiver.receives
         made = consumer.counts[OK]
         time.sleep(1)  # receiving stays paused: no receive, nothing more made
         assert (consumer.receiver.receives, consumer.counts[OK]) == (receives, made)
         assert made <= 5 + consumer.dispatcher.capacity
         monkeypatch.setattr(sqs, "send_message_batch", real_send)
-        run_until(lambda: consumer.counts[OK] >= 40 and consumer.outbox.pending() == 0, timeout=20)
+        wait_until(lambda: consumer.counts[OK] >= 40 and consumer.outbox.pending() == 0, timeout=20)
     finally:
         consumer.stop()
         consumer.join(grace=1)
@@ -703,7 +647,7 @@ def test_a_message_the_consumer_keeps_failing_on_ends_failed(
     sqs.send_message(QueueUrl=queues.request, MessageBody=request_body(VALID_ID))
     consumer.start()
     try:
-        run_until(lambda: consumer.counts[FAILED] == 1)
+        wait_until(lambda: consumer.counts[FAILED] == 1)
     finally:
         consumer.stop()
         assert consumer.join(grace=1) == 0

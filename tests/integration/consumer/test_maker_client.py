@@ -9,7 +9,7 @@ from email.utils import formatdate
 import pytest
 
 from devtools.stack import free_port
-from tests.conftest import ScriptedMaker
+from tests.helpers import ScriptedMaker
 from widgets.consumer.maker_client import FAILING, OVERLOADED, UNREACHABLE, MakerClient, parse_retry_after
 from widgets.consumer.observer import Observer
 from widgets.messages import OK, REJECTED, RETRY

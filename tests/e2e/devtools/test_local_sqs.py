@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from devtools.stack import start_sqs
-from tests.conftest import local_sqs_kinds_to_test
+from tests.helpers import local_sqs_kinds_to_test
 from widgets.sqs import SQSClient, make_client
 
 pytestmark = pytest.mark.e2e

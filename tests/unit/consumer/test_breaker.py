@@ -4,20 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers import FakeClock
 from widgets.consumer.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
 from widgets.consumer.maker_client import FAILING, OVERLOADED, UNREACHABLE
-
-
-class FakeClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        """Start at zero."""
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        """Return the current fake time."""
-        return self.now
 
 
 @pytest.fixture

@@ -1,0 +1,279 @@
+"""What more than one test module uses: one way to wait, a fake clock, stand-in makers, queue reading.
+
+Test modules import from here (and fixtures come from conftest.py); no test module imports another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import boto3
+from prometheus_client.parser import text_string_to_metric_families
+
+from devtools.stack import (
+    LOCAL_SQS_ENV,
+    Process,
+    local_sqs_kind,
+    local_sqs_kinds,
+    run_script,
+    start_consumer,
+    start_maker,
+    start_sqs,
+)
+from widgets.messages import Received
+from widgets.producer import send_requests
+from widgets.sqs import (
+    DEAD_LETTER_QUEUE,
+    REQUEST_QUEUE,
+    RESPONSE_QUEUE,
+    QueueUrls,
+    ensure_queues,
+)
+
+
+def wait_until(
+    condition: Callable[[], Any],
+    timeout: float = 10,
+    message: str | Callable[[], str] = "",
+    pause: float = 0.02,
+) -> Any:
+    """Wait until condition() is true; return its value, or fail the test after timeout seconds.
+
+    The one way the tests wait for something to happen: never a fixed sleep. message (or a function
+    returning it, called on failure) says what was awaited.
+    """
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() >= deadline:
+            said = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout:g}s" + (f": {said}" if said else ""))
+        time.sleep(pause)
+    return value
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        """Start at zero."""
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        """Return the current fake time."""
+        return self.now
+
+
+def receive_one(sqs: Any, url: str, wait: int = 0) -> Received:
+    """Receive exactly one message from url, as the consumer does."""
+    messages = sqs.receive_message(
+        QueueUrl=url, WaitTimeSeconds=wait, VisibilityTimeout=30,
+        MessageSystemAttributeNames=["ApproximateReceiveCount"], MessageAttributeNames=["All"],
+    ).get("Messages", [])  # fmt: skip
+    assert len(messages) == 1
+    return Received.from_sqs(messages[0])
+
+
+def all_bodies(sqs: Any, url: str) -> list[dict[str, Any]]:
+    """Drain a queue; return its bodies, parsed, with message attributes under '_attributes'."""
+    bodies = []
+    while True:
+        messages = sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+        ).get("Messages", [])
+        if not messages:
+            return bodies
+        for message in messages:
+            body = json.loads(message["Body"])
+            body["_attributes"] = {
+                k: v["StringValue"] for k, v in message.get("MessageAttributes", {}).items()
+            }
+            bodies.append(body)
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def depth(sqs: Any, url: str) -> tuple[int, int]:
+    """Return (visible, in flight) of a queue."""
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]), int(
+        attributes["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+def received(sqs: Any, url: str, count: int) -> list[Received]:
+    """Send count requests and receive them all (ten per receive at most)."""
+    send_requests(sqs, url, [str(uuid.uuid4()) for _ in range(count)])
+    messages: list[Received] = []
+    while len(messages) < count:
+        answer = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=30)
+        messages += map(Received.from_sqs, answer.get("Messages", []))
+    return messages
+
+
+FIFO_NAMES = (REQUEST_QUEUE + ".fifo", RESPONSE_QUEUE + ".fifo", DEAD_LETTER_QUEUE + ".fifo")
+
+
+def attributes(sqs: Any, url: str) -> dict[str, str]:
+    """Return every attribute of a queue."""
+    found: dict[str, str] = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    return found
+
+
+def take_all(sqs: Any, url: str) -> list[dict[str, Any]]:
+    """Receive and delete every message of a queue, in the order SQS hands them out, with their attributes.
+
+    Deleting is what lets a FIFO queue hand out the rest of a group.
+    """
+    taken: list[dict[str, Any]] = []
+    while messages := sqs.receive_message(
+        QueueUrl=url,
+        MaxNumberOfMessages=10,
+        VisibilityTimeout=30,
+        MessageAttributeNames=["All"],
+        MessageSystemAttributeNames=["All"],
+    ).get("Messages"):
+        taken.extend(messages)
+        for message in messages:
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    return taken
+
+
+Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
+
+
+def scrape(text: str) -> Samples:
+    """Parse Prometheus text into {sample name: {sorted labels: value}}."""
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def by_label(samples: Samples, name: str, label: str) -> dict[str, float]:
+    """Return a metric's values keyed by one label's value."""
+    return {dict(labels)[label]: value for labels, value in samples.get(name, {}).items()}
+
+
+# One- and two-second timings keep every retry short.
+FAST = ["--wait-time", "1", "--visibility-timeout", "3", "--http-timeout", "1", "--retry-delay", "1"]
+
+
+class Stack:
+    """A local SQS and a maker, with the consumers a test starts; everything stopped at the end."""
+
+    def __init__(self, tmp_path: Path, sqs_kind: str) -> None:
+        """Start the local SQS (of that kind) and the maker."""
+        self.processes: list[Process] = []
+        self.sqs_kind = sqs_kind
+        self.sqs_process, self.endpoint = start_sqs(kind=sqs_kind)
+        self.processes.append(self.sqs_process)
+        self.db = tmp_path / "widgets.db"
+        self.maker, self.maker_base = start_maker(self.db)
+        self.processes.append(self.maker)
+        self.client = boto3.client(
+            "sqs", endpoint_url=self.endpoint, region_name="us-east-1",
+            aws_access_key_id="local", aws_secret_access_key="local",
+        )  # fmt: skip
+        self.urls = self.queues()
+
+    def queues(self, max_receives: int = 3) -> QueueUrls:
+        """Create the queues as the consumer would (again after a restart of the local SQS)."""
+        return ensure_queues(self.client, REQUEST_QUEUE, RESPONSE_QUEUE, DEAD_LETTER_QUEUE, max_receives)
+
+    def consumer(
+        self, *args: str, maker_url: str | None = None, name: str = "consumer", endpoint: str | None = None
+    ) -> Process:
+        """Start a consumer with the fast timings plus args (on endpoint, else the local SQS's)."""
+        process = start_consumer(
+            endpoint or self.endpoint, maker_url or f"{self.maker_base}/add", [*FAST, *args], name=name
+        )
+        self.processes.append(process)
+        return process
+
+    def produce(self, *args: str) -> Any:
+        """Run the producer to completion."""
+        return run_script("widget_producer.py", ["--endpoint-url", self.endpoint, *args])
+
+    def restart_maker(self, *args: str) -> None:
+        """Start the maker again on its old port and database (stopping it first if it runs)."""
+        self.maker.stop()
+        self.maker, _ = start_maker(self.db, port=int(self.maker_base.rsplit(":", 1)[1]), args=args)
+        self.processes.append(self.maker)
+
+    def depth(self, url: str) -> tuple[int, int]:
+        """Return (visible, in flight) of a queue."""
+        attributes = self.client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        return int(attributes["ApproximateNumberOfMessages"]), int(
+            attributes["ApproximateNumberOfMessagesNotVisible"]
+        )
+
+    def responses(self, expected: int = 0, timeout: float = 10) -> list[dict[str, Any]]:
+        """Drain the response queue, waiting up to timeout for expected responses; return them."""
+        found: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while len(found) < expected and time.monotonic() < deadline:
+            found.extend(self._drain_responses())
+        return found + self._drain_responses()
+
+    def _drain_responses(self) -> list[dict[str, Any]]:
+        """Receive and delete every response there is now."""
+        found = []
+        while messages := self.client.receive_message(
+            QueueUrl=self.urls.response, MaxNumberOfMessages=10
+        ).get("Messages"):
+            for message in messages:
+                found.append(json.loads(message["Body"]))
+                self.client.delete_message(
+                    QueueUrl=self.urls.response, ReceiptHandle=message["ReceiptHandle"]
+                )
+        return found
+
+    def stop(self) -> None:
+        """Stop every process this stack started."""
+        for process in reversed(self.processes):
+            process.stop(timeout=5)
+
+
+def local_sqs_kinds_to_test() -> list[str]:
+    """The local SQS servers the end-to-end tests use: the one WIDGETS_LOCAL_SQS names, else all here."""
+    return [local_sqs_kind()] if os.environ.get(LOCAL_SQS_ENV, "").strip() else local_sqs_kinds()
+
+
+def serve_in_thread(server: Any) -> Callable[[], None]:
+    """Serve a server in a daemon thread; return the function that stops it."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    return stop
+
+
+class ScriptedMaker:
+    """A stand-in maker answering with a set status (and delay), for answers the real one never gives."""
+
+    def __init__(self) -> None:
+        """Answer 201 until told otherwise."""
+        self.status = 201
+        self.delay = 0.0
+        self.headers: dict[str, str] = {}
+        self.requests: list[dict[str, Any]] = []
+        # HTTP/1.1 keeps connections open, as the real maker (waitress) does; HTTP/1.0 closes each.
+        self.keep_alive = False
+        # Close the connection after each answer without saying so, as a server's idle timeout does.
+        self.drop_after_answer = False
+        # Set when the test ends: a delayed answer is then dropped, not written minutes later into
+        # another test's captured stderr (as a BrokenPipe traceback from the server thread).
+        self.stopped = threading.Event()
