@@ -12,7 +12,7 @@ import pytest
 from devtools.postgres import unavailable_reason
 from devtools.stack import local_sqs_kind, run_script
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.e2e
