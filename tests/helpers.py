@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from prometheus_client.parser import text_string_to_metric_families
@@ -27,15 +27,22 @@ from devtools.stack import (
     start_maker,
     start_sqs,
 )
-from widgets.messages import Received
+from widgets.messages import Received, new_widget_id, request_body
 from widgets.producer import send_requests
 from widgets.sqs import (
     DEAD_LETTER_QUEUE,
     REQUEST_QUEUE,
     RESPONSE_QUEUE,
     QueueUrls,
+    SQSClient,
     ensure_queues,
 )
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs.type_defs import MessageTypeDef
+
+
+# Waiting and time
 
 
 def wait_until(
@@ -70,6 +77,43 @@ class FakeClock:
         return self.now
 
 
+# Stand-in makers over HTTP
+
+
+def serve_in_thread(server: Any) -> Callable[[], None]:
+    """Serve a server in a daemon thread; return the function that stops it."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    return stop
+
+
+class ScriptedMaker:
+    """A stand-in maker answering with a set status (and delay), for answers the real one never gives."""
+
+    def __init__(self) -> None:
+        """Answer 201 until told otherwise."""
+        self.status = 201
+        self.delay = 0.0
+        self.headers: dict[str, str] = {}
+        self.requests: list[dict[str, Any]] = []
+        # HTTP/1.1 keeps connections open, as the real maker (waitress) does; HTTP/1.0 closes each.
+        self.keep_alive = False
+        # Close the connection after each answer without saying so, as a server's idle timeout does.
+        self.drop_after_answer = False
+        # Set when the test ends: a delayed answer is then dropped, not written minutes later into
+        # another test's captured stderr (as a BrokenPipe traceback from the server thread).
+        self.stopped = threading.Event()
+
+
+# Reading and filling queues
+
+
 def receive_one(sqs: Any, url: str, wait: int = 0) -> Received:
     """Receive exactly one message from url, as the consumer does."""
     messages = sqs.receive_message(
@@ -78,6 +122,16 @@ def receive_one(sqs: Any, url: str, wait: int = 0) -> Received:
     ).get("Messages", [])  # fmt: skip
     assert len(messages) == 1
     return Received.from_sqs(messages[0])
+
+
+def received(sqs: Any, url: str, count: int) -> list[Received]:
+    """Send count requests and receive them all (ten per receive at most)."""
+    send_requests(sqs, url, [str(uuid.uuid4()) for _ in range(count)])
+    messages: list[Received] = []
+    while len(messages) < count:
+        answer = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=30)
+        messages += map(Received.from_sqs, answer.get("Messages", []))
+    return messages
 
 
 def all_bodies(sqs: Any, url: str) -> list[dict[str, Any]]:
@@ -108,16 +162,6 @@ def depth(sqs: Any, url: str) -> tuple[int, int]:
     )
 
 
-def received(sqs: Any, url: str, count: int) -> list[Received]:
-    """Send count requests and receive them all (ten per receive at most)."""
-    send_requests(sqs, url, [str(uuid.uuid4()) for _ in range(count)])
-    messages: list[Received] = []
-    while len(messages) < count:
-        answer = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=30)
-        messages += map(Received.from_sqs, answer.get("Messages", []))
-    return messages
-
-
 FIFO_NAMES = (REQUEST_QUEUE + ".fifo", RESPONSE_QUEUE + ".fifo", DEAD_LETTER_QUEUE + ".fifo")
 
 
@@ -146,6 +190,43 @@ def take_all(sqs: Any, url: str) -> list[dict[str, Any]]:
     return taken
 
 
+def dead_letter_attributes(index: int) -> dict[str, Any]:
+    """Return message attributes like the consumer's dead-letter copies carry, plus a binary one."""
+    return {
+        "FailureReason": {"DataType": "String", "StringValue": f"maker answered 503 ({index})"},
+        "ReceiveCount": {"DataType": "Number", "StringValue": "3"},
+        "OriginalMessageId": {"DataType": "String", "StringValue": f"original-{index}"},
+        "Trace": {"DataType": "Binary", "BinaryValue": bytes([index, 0, 255])},
+    }
+
+
+def fill_dead_letter_queue(sqs: SQSClient, url: str, count: int) -> dict[str, dict[str, Any]]:
+    """Put count requests with attributes on the dead-letter queue; return their attributes by body."""
+    sent = {request_body(new_widget_id()): dead_letter_attributes(index) for index in range(count)}
+    for body, attributes in sent.items():
+        sqs.send_message(QueueUrl=url, MessageBody=body, MessageAttributes=attributes)
+    return sent
+
+
+def drain(sqs: SQSClient, url: str) -> list[MessageTypeDef]:
+    """Receive every visible message of a queue once, with attributes, leaving them in flight."""
+    messages: list[MessageTypeDef] = []
+    while True:
+        batch = sqs.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=0,
+            VisibilityTimeout=60,
+            MessageAttributeNames=["All"],
+            AttributeNames=["ApproximateReceiveCount"],
+        ).get("Messages", [])
+        if not batch:
+            return messages
+        messages.extend(batch)
+
+
+# Prometheus text
+
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
 
 
@@ -161,6 +242,31 @@ def scrape(text: str) -> Samples:
 def by_label(samples: Samples, name: str, label: str) -> dict[str, float]:
     """Return a metric's values keyed by one label's value."""
     return {dict(labels)[label]: value for labels, value in samples.get(name, {}).items()}
+
+
+RequestKey = tuple[str, str, str]  # (route, method, status)
+
+
+def request_counts(text: str) -> dict[RequestKey, float]:
+    """Return widget_maker_requests_total by (route, method, status)."""
+    return {
+        (labels["route"], labels["method"], labels["status"]): value
+        for key, value in scrape(text).get("widget_maker_requests_total", {}).items()
+        for labels in [dict(key)]
+    }
+
+
+def value(text: str, name: str) -> float:
+    """Return the value of a metric without labels."""
+    return scrape(text)[name][()]
+
+
+# Processes: the local SQS servers and a running stack
+
+
+def local_sqs_kinds_to_test() -> list[str]:
+    """The local SQS servers the end-to-end tests use: the one WIDGETS_LOCAL_SQS names, else all here."""
+    return [local_sqs_kind()] if os.environ.get(LOCAL_SQS_ENV, "").strip() else local_sqs_kinds()
 
 
 # One- and two-second timings keep every retry short.
@@ -241,39 +347,3 @@ class Stack:
         """Stop every process this stack started."""
         for process in reversed(self.processes):
             process.stop(timeout=5)
-
-
-def local_sqs_kinds_to_test() -> list[str]:
-    """The local SQS servers the end-to-end tests use: the one WIDGETS_LOCAL_SQS names, else all here."""
-    return [local_sqs_kind()] if os.environ.get(LOCAL_SQS_ENV, "").strip() else local_sqs_kinds()
-
-
-def serve_in_thread(server: Any) -> Callable[[], None]:
-    """Serve a server in a daemon thread; return the function that stops it."""
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-    return stop
-
-
-class ScriptedMaker:
-    """A stand-in maker answering with a set status (and delay), for answers the real one never gives."""
-
-    def __init__(self) -> None:
-        """Answer 201 until told otherwise."""
-        self.status = 201
-        self.delay = 0.0
-        self.headers: dict[str, str] = {}
-        self.requests: list[dict[str, Any]] = []
-        # HTTP/1.1 keeps connections open, as the real maker (waitress) does; HTTP/1.0 closes each.
-        self.keep_alive = False
-        # Close the connection after each answer without saying so, as a server's idle timeout does.
-        self.drop_after_answer = False
-        # Set when the test ends: a delayed answer is then dropped, not written minutes later into
-        # another test's captured stderr (as a BrokenPipe traceback from the server thread).
-        self.stopped = threading.Event()

@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import pty
 import re
-import select
-import signal
-import struct
-import subprocess
-import termios
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +14,8 @@ from moto import mock_aws
 
 import widget_queues
 import widgets.queues
-from devtools.stack import PYTHON, ROOT, Process, free_port, run_script, script_env, sigint_back, start_sqs
+from devtools.stack import free_port
+from tests.helpers import drain, fill_dead_letter_queue
 from widgets.errors import SetupError
 from widgets.messages import FAILED, OK, REJECTED, new_widget_id, request_body, response_body
 from widgets.sqs import (
@@ -37,45 +29,10 @@ from widgets.sqs import (
 )
 
 if TYPE_CHECKING:
-    from mypy_boto3_sqs.type_defs import MessageTypeDef, SendMessageBatchRequestEntryTypeDef
+    from mypy_boto3_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
 
 REGION = "us-east-1"
 AMAZON = f"https://sqs.{REGION}.amazonaws.com"
-
-
-def dead_letter_attributes(index: int) -> dict[str, Any]:
-    """Return message attributes like the consumer's dead-letter copies carry, plus a binary one."""
-    return {
-        "FailureReason": {"DataType": "String", "StringValue": f"maker answered 503 ({index})"},
-        "ReceiveCount": {"DataType": "Number", "StringValue": "3"},
-        "OriginalMessageId": {"DataType": "String", "StringValue": f"original-{index}"},
-        "Trace": {"DataType": "Binary", "BinaryValue": bytes([index, 0, 255])},
-    }
-
-
-def fill_dead_letter_queue(sqs: SQSClient, url: str, count: int) -> dict[str, dict[str, Any]]:
-    """Put count requests with attributes on the dead-letter queue; return their attributes by body."""
-    sent = {request_body(new_widget_id()): dead_letter_attributes(index) for index in range(count)}
-    for body, attributes in sent.items():
-        sqs.send_message(QueueUrl=url, MessageBody=body, MessageAttributes=attributes)
-    return sent
-
-
-def drain(sqs: SQSClient, url: str) -> list[MessageTypeDef]:
-    """Receive every visible message of a queue once, with attributes, leaving them in flight."""
-    messages: list[MessageTypeDef] = []
-    while True:
-        batch = sqs.receive_message(
-            QueueUrl=url,
-            MaxNumberOfMessages=10,
-            WaitTimeSeconds=0,
-            VisibilityTimeout=60,
-            MessageAttributeNames=["All"],
-            AttributeNames=["ApproximateReceiveCount"],
-        ).get("Messages", [])
-        if not batch:
-            return messages
-        messages.extend(batch)
 
 
 def counts(sqs: SQSClient, url: str) -> tuple[int, int, int]:
@@ -447,58 +404,6 @@ def test_read_responses_stops_when_only_seen_ones_come_back(
     assert sorted(printed, key=lambda r: r["MessageId"]) == waiting
 
 
-@pytest.fixture
-def sqs_server(sqs_kind: str) -> Iterator[str]:
-    """Run a local SQS server (each kind in turn) on a free port; return its endpoint."""
-    process, endpoint = start_sqs(kind=sqs_kind)
-    try:
-        yield endpoint
-    finally:
-        process.stop()
-
-
-@pytest.mark.e2e
-def test_status_and_redrive_as_processes(sqs_server: str) -> None:
-    sqs = make_client(None, sqs_server)
-    urls = ensure_queues(sqs, REQUEST_QUEUE, RESPONSE_QUEUE, DEAD_LETTER_QUEUE, max_receives=3)
-    sent = fill_dead_letter_queue(sqs, urls.dead_letter, 12)
-    sqs.send_message(QueueUrl=urls.request, MessageBody=request_body(new_widget_id()))
-    endpoint = ["--endpoint-url", sqs_server]
-
-    status = run_script("widget_queues.py", ["status", "--json", *endpoint], timeout=60)
-    assert status.returncode == 0, status.stderr
-    queues = json.loads(status.stdout)
-    assert (queues["request"]["visible"], queues["dead_letter"]["visible"]) == (1, 12)
-
-    redrive = run_script("widget_queues.py", ["redrive", "--wait-time", "0", *endpoint], timeout=60)
-    assert redrive.returncode == 0, redrive.stderr
-    assert redrive.stdout == f"moved 12 messages from {DEAD_LETTER_QUEUE} to {REQUEST_QUEUE}\n"
-
-    status = run_script("widget_queues.py", ["status", *endpoint], timeout=60)
-    assert status.returncode == 0, status.stderr
-    assert status.stdout.splitlines()[2].split() == ["request", REQUEST_QUEUE, "13", "0", "0", "n/a"]
-    assert status.stdout.splitlines()[4].split() == [
-        "dead",
-        "letter",
-        DEAD_LETTER_QUEUE,
-        "0",
-        "0",
-        "0",
-        "n/a",
-    ]
-    moved = [m for m in drain(sqs, urls.request) if m["Body"] in sent]
-    assert len(moved) == 12
-    assert all(m["MessageAttributes"] == sent[m["Body"]] for m in moved)
-
-
-@pytest.mark.e2e
-def test_an_unreachable_endpoint_is_no_traceback() -> None:
-    endpoint = f"http://127.0.0.1:{free_port()}"
-    result = run_script("widget_queues.py", ["redrive", "--endpoint-url", endpoint], timeout=60)
-    assert result.returncode == 1
-    assert result.stderr == f"Error: cannot reach SQS at {endpoint} (is the local SQS running? make sqs)\n"
-
-
 # status --watch
 
 
@@ -686,82 +591,3 @@ def test_status_watch_of_an_unreachable_endpoint_is_one_clear_line(fake_credenti
     assert result.stderr.splitlines()[-1] == (
         f"Error: cannot reach SQS at {endpoint} (is the local SQS running? make sqs)"
     )
-
-
-def read_until(fd: int, done: Callable[[str], bool], timeout: float = 15.0) -> str:
-    """Read a pseudo-terminal until done(what was read) or the timeout; return what was read."""
-    text = ""
-    deadline = time.monotonic() + timeout
-    while not done(text):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not seen within {timeout}s:\n{text!r}")
-        readable, _, _ = select.select([fd], [], [], 0.1)
-        if readable:
-            try:
-                text += os.read(fd, 65536).decode()
-            except OSError:  # the other end closed: the process exited
-                return text
-    return text
-
-
-@pytest.mark.e2e
-def test_status_watch_redraws_in_place_on_a_terminal(sqs_server: str) -> None:
-    sqs = make_client(None, sqs_server)
-    urls = ensure_queues(sqs, REQUEST_QUEUE, RESPONSE_QUEUE, DEAD_LETTER_QUEUE, max_receives=3)
-    terminal, child_end = pty.openpty()
-    fcntl.ioctl(child_end, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
-    process = subprocess.Popen(
-        [PYTHON, "widget_queues.py", "status", "--endpoint-url", sqs_server, "--watch", "0.5"],
-        cwd=ROOT,
-        env=script_env(),
-        stdin=child_end,
-        stdout=child_end,
-        stderr=child_end,
-        start_new_session=True,
-        preexec_fn=sigint_back(),
-    )
-    os.close(child_end)
-    try:
-        seen = read_until(terminal, lambda text: text.count("dead letter") >= 1)
-        for _ in range(10):
-            sqs.send_message(QueueUrl=urls.request, MessageBody=request_body(new_widget_id()))
-        busy_row = re.compile(r"request +WidgetRequestQueue +10 +\+[\d.]+ +0 +0 +0 +0\r\n")
-        seen += read_until(terminal, lambda text: busy_row.search(seen + text) is not None)
-        process.send_signal(signal.SIGINT)
-        assert process.wait(10) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        os.close(terminal)
-    # Every draw clears from the cursor down; each after the first first moves up over the
-    # five lines before it (a header and the table), so the table stays in one place.
-    draws = seen.split("\r\x1b[J")
-    assert draws[0] == ""
-    assert len(draws) >= 3
-    assert all(draw.endswith("\x1b[5A") for draw in draws[1:-1])
-    assert re.fullmatch(
-        rf"\d\d:\d\d:\d\d  queues at {sqs_server}, every 0.5s \(Ctrl-C stops\)",
-        draws[1].split("\r\n")[0],
-    )
-    assert (
-        draws[1].split("\r\n")[1]
-        == "role         queue                visible  /s  in flight  /s  delayed  /s"
-    )
-    assert "Traceback" not in seen
-
-
-@pytest.mark.e2e
-def test_status_watch_ends_at_ctrl_c_with_a_line_per_refresh(sqs_server: str) -> None:
-    sqs = make_client(None, sqs_server)
-    ensure_queues(sqs, REQUEST_QUEUE, RESPONSE_QUEUE, DEAD_LETTER_QUEUE, max_receives=3)
-    argv = [PYTHON, "widget_queues.py", "status", "--endpoint-url", sqs_server, "--watch", "0.5"]
-    process = Process("status", argv)
-    try:
-        process.wait_for(r"^\d\d:\d\d:\d\d request visible=0 \(0/s\)")
-        process.signal(signal.SIGINT)
-        assert process.popen.wait(10) == 0
-    finally:
-        process.stop()
-    assert "Traceback" not in process.output()
-    assert "\x1b" not in process.output()

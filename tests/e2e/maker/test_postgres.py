@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from devtools.postgres import PostgresServer
-from devtools.stack import Process, start_consumer, start_maker, start_sqs
+from devtools.stack import PYTHON, Process, free_port, start_consumer, start_maker, start_sqs, wait_http
 from widgets.maker.postgres import PostgresStore
 from widgets.messages import new_widget_id
 from widgets.producer import send_requests
@@ -215,3 +215,31 @@ def test_two_makers_on_one_postgres_make_each_widget_once_through_a_crash_and_an
             assert [status for status, _ in answers].count(201) <= 1
     finally:
         store.close()
+
+
+@pytest.mark.e2e
+def test_the_password_is_never_logged_nor_on_the_command_line(postgres: PostgresServer) -> None:
+    # Trust authentication: the server asks for no password, so any will do to connect.
+    with_password = postgres.url().replace("widgets@", "widgets:s3cret@")
+    maker, _ = start_maker(with_password)
+    try:
+        with open(f"/proc/{maker.popen.pid}/cmdline", "rb") as cmdline:
+            assert b"s3cret" not in cmdline.read()
+        maker.wait_for(r"listening on .*\(db postgresql://widgets:\*\*\*@127\.0\.0\.1:")
+    finally:
+        maker.stop()
+    assert "s3cret" not in maker.output()
+    assert "shows in ps" not in maker.output()
+    # Given on the command line anyway, the maker says where it belongs instead.
+    port = free_port()
+    argv = [PYTHON, "widget_maker.py", "--port", str(port), "--db", with_password]
+    told = Process("maker", argv)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", process=told)
+    finally:
+        told.stop()
+    assert (
+        "the password in --db shows in ps; give it in PGPASSWORD, ~/.pgpass or WIDGET_MAKER_DB"
+        in told.output()
+    )
+    assert told.output().count("s3cret") == 0

@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
 
-from tests.helpers import FakeClock, depth, received, take_all, wait_until
+from tests.helpers import (
+    FakeClock,
+    all_bodies,
+    depth,
+    receive_one,
+    received,
+    take_all,
+    wait_until,
+)
 from widgets.consumer import outbox as outbox_module
 from widgets.consumer.breaker import Breaker
 from widgets.consumer.dispatcher import Dispatcher
@@ -270,3 +278,141 @@ def test_a_receive_failure_is_old_news_while_settling_holds_receiving_back(
     behind[0] = True
     assert receiver._held_back()
     assert receiver.failing() is None
+
+
+def outbox_holding_answers(sqs: Any, queues: QueueUrls, count: int) -> Outbox:
+    """Send and receive count requests; return an outbox holding a response and delete for each."""
+    outbox = Outbox(sqs, queues, flush_interval=0)
+    for message in received(sqs, queues.request, count):
+        outbox.respond_and_delete(message, json.dumps({"MessageId": message.message_id}))
+    return outbox
+
+
+def refusing_the_first(call: Any) -> Any:
+    """Wrap a batch call so SQS refuses its first entry (an internal error) and does the rest."""
+
+    def refuse(**kwargs: Any) -> Any:
+        entries = kwargs["Entries"]
+        answer = call(QueueUrl=kwargs["QueueUrl"], Entries=entries[1:])
+        answer["Failed"] = [{"Id": entries[0]["Id"], "SenderFault": False, "Code": "InternalError"}]
+        return answer
+
+    return refuse
+
+
+def test_outbox_keeps_what_sqs_refused(sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch) -> None:
+    outbox = outbox_holding_answers(sqs, queues, 3)
+    real_delete = sqs.delete_message_batch
+    monkeypatch.setattr(sqs, "delete_message_batch", refusing_the_first(real_delete))
+    assert outbox.flush() > 0  # a pause before trying the refused entry again
+    assert outbox.pending() == 1  # the refused delete waits for the next flush
+    assert depth(sqs, queues.request) == (0, 1)
+    monkeypatch.setattr(sqs, "delete_message_batch", real_delete)
+    assert outbox.flush() == 0
+    assert outbox.pending() == 0
+    assert depth(sqs, queues.request) == (0, 0)
+    assert len(all_bodies(sqs, queues.response)) == 3
+
+
+def batch_calls(sqs: Any) -> list[tuple[str, int, float]]:
+    """Record each batch write the client makes: (operation, entries, when)."""
+    calls: list[tuple[str, int, float]] = []
+
+    def record(params: dict[str, Any], model: Any, **kwargs: Any) -> None:
+        if model.name.endswith("Batch"):
+            calls.append((model.name, len(params["Entries"]), time.monotonic()))
+
+    sqs.meta.events.register("provide-client-params.sqs", record)
+    return calls
+
+
+def test_a_flush_for_a_full_batch_leaves_the_rest_until_its_interval(sqs: Any, queues: QueueUrls) -> None:
+    outbox = Outbox(sqs, queues, flush_interval=0.5)
+    for message in received(sqs, queues.request, 13):
+        outbox.respond_and_delete(message, "{}")
+    calls = batch_calls(sqs)
+    started = time.monotonic()
+    outbox.start()
+    wait_until(lambda: outbox.pending() == 0, timeout=5)
+    outbox.close(1)
+    assert [(name, size) for name, size, _ in calls] == [
+        ("SendMessageBatch", 10),
+        ("DeleteMessageBatch", 10),
+        ("SendMessageBatch", 3),
+        ("DeleteMessageBatch", 3),
+    ]
+    assert calls[1][2] - started < 0.4 <= calls[2][2] - started  # the full batch at once, the rest later
+    assert depth(sqs, queues.request) == (0, 0)
+
+
+def test_full_batches_do_not_hold_back_a_part_filled_one(sqs: Any, queues: QueueUrls) -> None:
+    messages = received(sqs, queues.request, 13)
+    outbox = Outbox(sqs, queues, flush_interval=0.3)
+    calls = batch_calls(sqs)
+    outbox.start()
+    for message in messages[10:]:
+        outbox.change_visibility(message, 0)  # three hand-backs, never a full batch
+    started = time.monotonic()
+    while time.monotonic() - started < 1.5:  # full batches of responses, steadily
+        for message in messages[:10]:
+            outbox.respond_and_delete(message, "{}")
+        time.sleep(0.05)
+    outbox.close(2)
+    [changed_at] = [at for name, _, at in calls if name == "ChangeMessageVisibilityBatch"]
+    assert changed_at - started < 1.0  # within about its interval, not after the stream
+    assert any(name == "SendMessageBatch" and at > changed_at for name, _, at in calls)
+
+
+def test_outbox_deletes_nothing_whose_response_was_not_sent(
+    sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sqs.send_message(QueueUrl=queues.request, MessageBody="x")
+    message = receive_one(sqs, queues.request)
+    outbox = Outbox(sqs, queues, flush_interval=0)
+    outbox.respond_and_delete(message, "{}")
+
+    def unreachable(**kwargs: Any) -> Any:
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+
+    real_send = sqs.send_message_batch
+    monkeypatch.setattr(sqs, "send_message_batch", unreachable)
+    assert outbox.flush() > 0
+    assert outbox.flush() > 0
+    assert depth(sqs, queues.request) == (0, 1)
+    monkeypatch.setattr(sqs, "send_message_batch", real_send)
+    assert outbox.flush() == 0
+    assert depth(sqs, queues.request) == (0, 0)
+
+
+def test_partial_response_batch_failure_keeps_the_request(
+    sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outbox = outbox_holding_answers(sqs, queues, 2)
+    real_send = sqs.send_message_batch
+    monkeypatch.setattr(sqs, "send_message_batch", refusing_the_first(real_send))
+    outbox.flush()
+    assert depth(sqs, queues.request) == (0, 1)  # the one without a response is not deleted
+    monkeypatch.setattr(sqs, "send_message_batch", real_send)
+    outbox.flush()
+    outbox.flush()
+    assert depth(sqs, queues.request) == (0, 0)
+    assert len(all_bodies(sqs, queues.response)) == 2
+
+
+def test_failed_flush_keeps_hand_backs(sqs: Any, queues: QueueUrls, monkeypatch: pytest.MonkeyPatch) -> None:
+    outbox = outbox_holding_answers(sqs, queues, 1)
+    sqs.send_message(QueueUrl=queues.request, MessageBody="to hand back")
+    outbox.change_visibility(receive_one(sqs, queues.request), 0)
+
+    def unreachable(**kwargs: Any) -> Any:
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+
+    real_send = sqs.send_message_batch
+    monkeypatch.setattr(sqs, "send_message_batch", unreachable)
+    assert outbox.flush() > 0
+    # The responses could not go, but the hand-back did: the message is visible at once.
+    assert depth(sqs, queues.request) == (1, 1)
+    assert outbox.pending() == 1
+    monkeypatch.setattr(sqs, "send_message_batch", real_send)
+    assert outbox.flush() == 0
+    assert outbox.pending() == 0

@@ -4,42 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-import requests
 from flask import Flask
 from flask.testing import FlaskClient
-from prometheus_client.parser import text_string_to_metric_families
 
-from devtools.stack import start_maker
+from tests.helpers import RequestKey, request_counts, scrape, value
 from widgets.maker import create_app
-
-RequestKey = tuple[str, str, str]  # (route, method, status)
-
-
-def scrape(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """Parse Prometheus text into {sample name: {sorted labels: value}}."""
-    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-    return samples
-
-
-def request_counts(text: str) -> dict[RequestKey, float]:
-    """Return widget_maker_requests_total by (route, method, status)."""
-    return {
-        (labels["route"], labels["method"], labels["status"]): value
-        for key, value in scrape(text).get("widget_maker_requests_total", {}).items()
-        for labels in [dict(key)]
-    }
-
-
-def value(text: str, name: str) -> float:
-    """Return the value of a metric without labels."""
-    return scrape(text)[name][()]
 
 
 def get_metrics(client: FlaskClient) -> str:
@@ -122,27 +93,3 @@ def test_metrics_speak_openmetrics_when_asked(client: FlaskClient) -> None:
     asked = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
     assert asked.content_type.startswith("application/openmetrics-text; version=1.0.0")
     assert asked.get_data(as_text=True).endswith("# EOF\n")
-
-
-@pytest.mark.e2e
-def test_counts_under_waitress_threads(tmp_path: Path) -> None:
-    process, base = start_maker(tmp_path / "w.db", args=["--threads", "8"])
-    try:
-        ids = [str(uuid.uuid1()) for _ in range(20)]
-
-        def post(widget_id: str) -> int:
-            """Ask the maker for a widget; return the status."""
-            return requests.post(f"{base}/add", json={"widget_id": widget_id}, timeout=10).status_code
-
-        with ThreadPoolExecutor(8) as pool:
-            statuses = list(pool.map(post, ids * 3))
-        assert Counter(statuses) == {201: 20, 200: 40}
-        text = requests.get(f"{base}/metrics", timeout=10).text
-    finally:
-        process.stop()
-    counts = request_counts(text)
-    assert counts["/add", "POST", "201"] == 20
-    assert counts["/add", "POST", "200"] == 40
-    assert value(text, "widget_maker_widgets_created_total") == 20
-    assert value(text, "widget_maker_idempotent_repeats_total") == 40
-    assert value(text, "process_cpu_seconds_total") > 0
