@@ -45,24 +45,88 @@ if TYPE_CHECKING:
 # Waiting and time
 
 
+class WaitTimeout(AssertionError):
+    """What wait_until raises when its condition did not come true in time: the test fails."""
+
+
 def wait_until(
     condition: Callable[[], Any],
     timeout: float = 10,
-    message: str | Callable[[], str] = "",
+    message: str | Callable[[], object] = "",
     pause: float = 0.02,
 ) -> Any:
     """Wait until condition() is true; return its value, or fail the test after timeout seconds.
 
-    The one way the tests wait for something to happen: never a fixed sleep. message (or a function
-    returning it, called on failure) says what was awaited.
+    The one way the tests wait for something to happen, instead of sleeping a fixed time and
+    hoping: it returns as soon as the condition holds, so a generous timeout costs nothing on a
+    quick machine and saves the test on a busy one. message (or a function returning it, called
+    on failure) says what was awaited and what was seen.
     """
     deadline = time.monotonic() + timeout
     while not (value := condition()):
         if time.monotonic() >= deadline:
             said = message() if callable(message) else message
-            raise AssertionError(f"timed out after {timeout:g}s" + (f": {said}" if said else ""))
+            raise WaitTimeout(f"not true within {timeout:g}s" + (f": {said}" if said else ""))
         time.sleep(pause)
     return value
+
+
+def always(
+    condition: Callable[[], Any],
+    seconds: float,
+    message: str | Callable[[], object] = "",
+    pause: float = 0.05,
+) -> None:
+    """Check that condition() holds throughout the next seconds, failing the test the first time it does not.
+
+    For the few tests whose point is that something does NOT happen for a while (a message stays
+    invisible, receiving stays paused): nothing can be awaited there, so the wait is short, bounded,
+    and named by this function at the call site.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        if not condition():
+            said = message() if callable(message) else message
+            raise AssertionError("stopped holding" + (f": {said}" if said else ""))
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(pause)
+
+
+class CheckedCalls:
+    """Calls of an action (a receive) with when their thread last made a check (asked the breaker).
+
+    Counting the calls that began after a known point races the calls under way at that point:
+    one that passed its check just before may begin just after. A call is the code's fault only
+    if it began after the point on a check made after it (or on none at all since its last call).
+    """
+
+    def __init__(self) -> None:
+        """Record nothing yet."""
+        self._local = threading.local()
+        self.calls: list[tuple[float, float | None]] = []  # (began, checked at)
+
+    def check(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """Wrap the check: note when this thread made it."""
+
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            self._local.at = time.monotonic()
+            return function(*args, **kwargs)
+
+        return checked
+
+    def action(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """Wrap the action: note when it began and the check it followed (used up by it)."""
+
+        def act(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((time.monotonic(), self._local.__dict__.pop("at", None)))
+            return function(*args, **kwargs)
+
+        return act
+
+    def after(self, point: float) -> int:
+        """Count the calls that began after point on no check made before it."""
+        return sum(1 for began, at in self.calls if began > point and (at is None or at > point))
 
 
 class FakeClock:
@@ -325,9 +389,12 @@ class Stack:
     def responses(self, expected: int = 0, timeout: float = 10) -> list[dict[str, Any]]:
         """Drain the response queue, waiting up to timeout for expected responses; return them."""
         found: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout
-        while len(found) < expected and time.monotonic() < deadline:
+
+        def enough() -> bool:
             found.extend(self._drain_responses())
+            return len(found) >= expected
+
+        wait_until(enough, timeout, lambda: f"{len(found)} responses of {expected}")
         return found + self._drain_responses()
 
     def _drain_responses(self) -> list[dict[str, Any]]:

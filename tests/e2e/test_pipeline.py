@@ -5,37 +5,19 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from devtools.latency_proxy import LatencyProxy, parse_target
 from devtools.stack import start_sqs
-from tests.helpers import ScriptedMaker, Stack
+from tests.helpers import ScriptedMaker, Stack, always, wait_until
 from widgets.maker.store import WidgetStore
 from widgets.messages import new_widget_id
 from widgets.producer import send_requests
 from widgets.sqs import ensure_queues
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def stack(tmp_path: Path, sqs_kind: str) -> Iterator[Stack]:
-    """A running local SQS and maker for one test, on each local SQS server in turn."""
-    running = Stack(tmp_path, sqs_kind)
-    yield running
-    running.stop()
-
-
-def wait_until(condition: Any, timeout: float = 20) -> None:
-    """Wait until condition() is true."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 def test_ok_and_rejected(stack: Stack) -> None:
@@ -59,8 +41,7 @@ def test_a_maker_outage_opens_the_breaker_and_fails_nothing(stack: Stack) -> Non
     widget_ids = {line.split()[1] for line in sent.stdout.splitlines()}
     consumer.wait_for(r"breaker_open: maker unreachable")
     # Longer than --max-receives x --retry-delay: before the breaker, every request FAILED.
-    time.sleep(4)
-    assert " FAILED " not in consumer.output()
+    always(lambda: " FAILED " not in consumer.output(), 4)
     stack.restart_maker()
     consumer.wait_for(r"breaker_closed: the maker is back after an outage of \d+\.\ds", timeout=20)
     responses = stack.responses(expected=20, timeout=20)
@@ -79,7 +60,7 @@ def test_failed_goes_to_the_dead_letter_queue(stack: Stack) -> None:
     assert "FAILED" in result.stdout and "receive_count=2" in result.stdout
     consumer.wait_for("FAILED ")
     # Its response comes first, then its dead-letter copy, then its delete.
-    wait_until(lambda: stack.depth(stack.urls.request) == (0, 0))
+    wait_until(lambda: stack.depth(stack.urls.request) == (0, 0), 20)
     assert stack.depth(stack.urls.dead_letter) == (1, 0)
 
 
@@ -105,7 +86,7 @@ def test_second_signal_exits_at_once(stack: Stack, scripted_maker: tuple[Scripte
     script.delay = 30
     consumer = stack.consumer("--http-timeout", "20", "--visibility-timeout", "45", maker_url=slow_url)
     stack.produce()
-    wait_until(lambda: len(script.requests) == 1)
+    wait_until(lambda: len(script.requests) == 1, 20)
     consumer.signal(signal.SIGTERM)
     consumer.wait_for("stopping")
     consumer.signal(signal.SIGTERM)
@@ -121,12 +102,12 @@ def test_sigkill_loses_nothing(stack: Stack, scripted_maker: tuple[ScriptedMaker
     )
     sent = stack.produce("--count", "5")
     widget_ids = {line.split()[1] for line in sent.stdout.splitlines()}
-    wait_until(lambda: len(script.requests) == 5)
+    wait_until(lambda: len(script.requests) == 5, 20)
     doomed.kill()
     assert stack.depth(urls.request) == (0, 5)  # held by the dead consumer
     stack.consumer(name="survivor")
     responses = stack.responses(expected=5, timeout=20)
-    wait_until(lambda: stack.depth(urls.request) == (0, 0))  # deleted once their responses went
+    wait_until(lambda: stack.depth(urls.request) == (0, 0), 20)  # deleted once their responses went
     assert {r["WidgetId"] for r in responses} == widget_ids
     assert {r["Status"] for r in responses} == {"OK"}
     assert all(r["ReceiveCount"] == 2 for r in responses)
@@ -136,8 +117,10 @@ def test_consumer_rides_out_a_local_sqs_restart(stack: Stack) -> None:
     consumer = stack.consumer()
     port = int(stack.endpoint.rsplit(":", 1)[1])
     stack.sqs_process.stop()
-    consumer.wait_for("sqs_outage receiving requests: cannot reach SQS")
-    time.sleep(2)  # several failed receives, each would log if logging were per attempt
+    # "no answer" when a long poll was under way as SQS went, "cannot reach" when none was.
+    consumer.wait_for("sqs_outage receiving requests: (cannot reach|no answer from) SQS")
+    # The outage lasts 2 s: several failed receives, each of which would log were logging per attempt.
+    time.sleep(2)
     stack.sqs_process, _ = start_sqs(port, kind=stack.sqs_kind)
     stack.processes.append(stack.sqs_process)
     stack.queues()  # the restarted local SQS starts empty
@@ -208,21 +191,22 @@ def test_fifo_groups_stay_in_order_through_an_outage_and_a_crash(
     responses: list[dict[str, Any]] = []
 
     def collect_until(count: int, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while len(responses) < count:
-            assert time.monotonic() < deadline, f"{len(responses)} responses of {count}"
+        def enough() -> bool:
             responses.extend(drain_fifo_responses(stack.client, urls.response))
-            time.sleep(0.1)
+            return len(responses) >= count
+
+        wait_until(enough, timeout, lambda: f"{len(responses)} responses of {count}")
 
     collect_until(30)
     assert "OK message_id=" in doomed.output()  # both consumers take part
     doomed.kill()  # holding requests, some of them mid-call
     collect_until(80)  # the survivor goes on, and takes the killed one's groups once they come back
     stack.maker.stop()
-    time.sleep(2)
+    time.sleep(2)  # the maker's outage: its length is the scenario
     stack.restart_maker()
     collect_until(200)
-    time.sleep(1)  # a duplicate response, were there one, would come now
+    # Nothing to wait for: a duplicate response, were there one, would come within this second.
+    time.sleep(1)
     responses.extend(drain_fifo_responses(stack.client, urls.response))
     # Exactly one terminal outcome per request, in one response: the response a killed consumer
     # sent before it could delete the request is sent again by the other, and SQS drops that as a

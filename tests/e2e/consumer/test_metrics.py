@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,14 +16,6 @@ pytestmark = pytest.mark.e2e
 
 DOOMED = "31f37378-54f4-11e5-ad75-3c970e65f731"
 STATUSES = ("OK", "REJECTED", "FAILED")
-
-
-@pytest.fixture
-def stack(tmp_path: Path, sqs_kind: str) -> Iterator[Stack]:
-    """A running local SQS and maker for one test, on each local SQS server in turn."""
-    running = Stack(tmp_path, sqs_kind)
-    yield running
-    running.stop()
 
 
 def endpoint_of(consumer: Process) -> str:
@@ -63,16 +52,19 @@ def test_metrics_count_the_outcomes_on_the_response_queue(stack: Stack) -> None:
     responses: list[dict[str, Any]] = []
     last: dict[str, float] = {}
     scrapes = 0
+
+    def scraped_all() -> bool:
+        nonlocal last, scrapes
+        responses.extend(stack.responses())
+        outcomes = by_label(metrics(base), "widget_consumer_outcomes_total", "status")
+        answered = Counter(r["Status"] for r in responses)
+        assert all(outcomes[status] >= answered[status] for status in STATUSES), (outcomes, answered)
+        assert all(outcomes[status] >= last.get(status, 0) for status in outcomes)
+        last, scrapes = outcomes, scrapes + 1
+        return len(responses) >= 22
+
     try:
-        while len(responses) < 22:
-            assert scrapes < 200, f"only {len(responses)} responses"
-            responses.extend(stack.responses())
-            outcomes = by_label(metrics(base), "widget_consumer_outcomes_total", "status")
-            answered = Counter(r["Status"] for r in responses)
-            assert all(outcomes[status] >= answered[status] for status in STATUSES), (outcomes, answered)
-            assert all(outcomes[status] >= last.get(status, 0) for status in outcomes)
-            last, scrapes = outcomes, scrapes + 1
-            time.sleep(0.1)
+        wait_until(scraped_all, 30, lambda: f"only {len(responses)} responses", pause=0.1)
     finally:
         producer.join(60)
     assert exit_codes == [0, 0, 0]

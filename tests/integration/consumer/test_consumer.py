@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
 
-from tests.helpers import ScriptedMaker, all_bodies, depth, wait_until
+from tests.helpers import CheckedCalls, ScriptedMaker, all_bodies, always, depth, wait_until
 from widgets.consumer import Consumer, Settings
 from widgets.consumer import outbox as outbox_module
 from widgets.consumer.maker_client import MakerClient
@@ -31,7 +31,7 @@ def test_consumer_drains_the_queue_concurrently(
     consumer.start()
     try:
         # At least once: a request may be delivered (and answered) twice, never lost.
-        wait_until(lambda: depth(sqs, queues.request) == (0, 0) and consumer.outbox.pending() == 0)
+        wait_until(lambda: depth(sqs, queues.request) == (0, 0) and consumer.outbox.pending() == 0, 30)
     finally:
         consumer.stop()
         assert consumer.join(grace=1) == 0
@@ -103,9 +103,8 @@ def test_heartbeat_keeps_a_slow_call_invisible(
     consumer.start()
     try:
         wait_until(lambda: len(script.requests) == 1)
-        for _ in range(4):
-            time.sleep(0.5)
-            assert depth(sqs, queues.request) == (0, 1)
+        # Two visibility timeouts into the call, it has never been visible to another consumer.
+        always(lambda: depth(sqs, queues.request)[0] == 0, 2, "the request became visible")
         wait_until(lambda: consumer.counts[OK] == 1)
     finally:
         consumer.stop()
@@ -131,10 +130,12 @@ def test_a_request_is_held_until_sqs_confirms_its_delete(
         wait_until(lambda: consumer.counts[OK] == 1)
         # Answered, its delete failing for two and a half visibility timeouts: the heartbeat
         # keeps it hidden, so no other consumer gets it, and it is neither made nor answered again.
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            assert sqs.receive_message(QueueUrl=queues.request, WaitTimeSeconds=0).get("Messages") is None
-            time.sleep(0.25)
+        always(
+            lambda: sqs.receive_message(QueueUrl=queues.request, WaitTimeSeconds=0).get("Messages") is None,
+            5,
+            "another consumer could receive the request",
+            pause=0.25,
+        )
         assert consumer.outbox.pending() == 1
         monkeypatch.setattr(sqs, "delete_message_batch", real_delete)
         wait_until(lambda: consumer.outbox.pending() == 0)
@@ -166,15 +167,19 @@ def test_receiving_pauses_while_settling_lags_behind(
 
     monkeypatch.setattr(sqs, "send_message_batch", responses_fail)
     consumer = Consumer(sqs, queues, Settings(maker_url=maker_url, wait_time=0, workers=2))
+    # Receives, each with when its thread last asked whether settling is behind.
+    receives = CheckedCalls()
+    monkeypatch.setattr(sqs, "receive_message", receives.action(sqs.receive_message))
+    consumer.receiver.behind = receives.check(consumer.receiver.behind)
     consumer.start()
     try:
         wait_until(lambda: consumer.outbox.behind())
         wait_until(lambda: any("settling_behind" in r.getMessage() for r in caplog.records))
-        receives = consumer.receiver.receives
-        made = consumer.counts[OK]
-        time.sleep(1)  # receiving stays paused: no receive, nothing more made
-        assert (consumer.receiver.receives, consumer.counts[OK]) == (receives, made)
-        assert made <= 5 + consumer.dispatcher.capacity
+        paused = time.monotonic()
+        # Receiving stays paused: for a second, no receive begun on a check made since (one that
+        # passed its check just before may still begin; the requests held may still be made).
+        always(lambda: receives.after(paused) == 0, 1, "a receive while settling was behind")
+        assert consumer.counts[OK] <= 5 + consumer.dispatcher.capacity
         monkeypatch.setattr(sqs, "send_message_batch", real_send)
         wait_until(lambda: consumer.counts[OK] >= 40 and consumer.outbox.pending() == 0, timeout=20)
     finally:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,8 +17,9 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from devtools.stack import free_port
-from tests.helpers import ScriptedMaker, all_bodies, depth, serve_in_thread, wait_until
+from tests.helpers import CheckedCalls, ScriptedMaker, all_bodies, always, depth, serve_in_thread, wait_until
 from widgets.consumer import Consumer, Settings
+from widgets.consumer.rate_limit import RateLimiter
 from widgets.maker import create_app
 from widgets.messages import FAILED, OK
 from widgets.producer import send_requests
@@ -63,28 +67,28 @@ def test_an_outage_five_retry_windows_long_fails_nothing(
     sqs: Any, queues: QueueUrls, switchable: SwitchableMaker
 ) -> None:
     count = 200
-    send_requests(sqs, queues.request, [str(uuid.uuid1()) for _ in range(count)])
+    widget_ids = [str(uuid.uuid1()) for _ in range(count)]
+    send_requests(sqs, queues.request, widget_ids)
     # Two receives: five retry windows of 1 s are 10 s, and a request whose failure were counted
     # during the outage would end FAILED sooner.
     settings = Settings(
         maker_url=switchable.url, max_receives=2, retry_delay=1, wait_time=0, workers=4, visibility_timeout=5
     )
-    receives_started: list[float] = []
-    real_receive = sqs.receive_message
-
-    def receive(**kwargs: Any) -> Any:
-        receives_started.append(time.monotonic())
-        return real_receive(**kwargs)
-
-    sqs.receive_message = receive
-    consumer = running(Consumer(sqs, queues, settings))
+    # Receives, each with when its thread last asked the breaker how many it may take.
+    receives = CheckedCalls()
+    sqs.receive_message = receives.action(sqs.receive_message)
+    consumer = Consumer(sqs, queues, settings)
+    consumer.breaker.allowance = receives.check(consumer.breaker.allowance)  # type: ignore[method-assign]
+    running(consumer)
     try:
         wait_until(lambda: consumer.breaker.state == "open")
-        opened = time.monotonic()  # a receive under way now may still end; none may start
-        time.sleep(5 * settings.max_receives * settings.retry_delay)  # the outage
-        receives_in_outage = sum(started > opened for started in receives_started)
+        opened = time.monotonic()  # a receive that asked the breaker before may still begin
+        # The outage itself: its length (five retry windows) is the scenario, nothing to wait for.
+        time.sleep(5 * settings.max_receives * settings.retry_delay)
+        receives_in_outage = receives.after(opened)
         switchable.up()
-        wait_until(lambda: consumer.counts[OK] == count, timeout=60)
+        # Every request answered and deleted (at least once: a request may be delivered twice).
+        wait_until(lambda: depth(sqs, queues.request) == (0, 0) and consumer.outbox.pending() == 0, 60)
     finally:
         consumer.stop()
         assert consumer.join(grace=1) == 0
@@ -92,9 +96,10 @@ def test_an_outage_five_retry_windows_long_fails_nothing(
     # No receive while the breaker is open: only probes of /healthz.
     assert receives_in_outage == 0
     assert all_bodies(sqs, queues.dead_letter) == []
-    statuses = [r["Status"] for r in all_bodies(sqs, queues.response)]
-    assert statuses.count(OK) == count and len(statuses) == count
-    assert switchable.app.extensions["widget_store"].count() == count
+    responses = all_bodies(sqs, queues.response)
+    assert {r["Status"] for r in responses} == {OK}
+    assert {r["WidgetId"] for r in responses} == set(widget_ids)
+    assert switchable.app.extensions["widget_store"].count() == count  # each made once
 
 
 def test_a_request_failing_among_others_ends_failed(sqs: Any, queues: QueueUrls, tmp_path: Path) -> None:
@@ -134,7 +139,8 @@ def test_a_slow_maker_call_outlasting_the_visibility_is_made_once(
         # A second consumer polls the queue all along the 3 s call: it must never get the request.
         second = running(Consumer(sqs, queues, settings))
         wait_until(lambda: first.counts[OK] == 1, timeout=10)
-        time.sleep(1.5)
+        # And goes on polling a while after: nothing to wait for, it must get nothing.
+        always(lambda: sum(second.counts.values()) == 0, 1.5, "the second consumer got the request")
     finally:
         first.stop()
         if second is not None:
@@ -171,28 +177,45 @@ def test_retry_after_on_a_429_is_obeyed(
 
 
 def test_max_rate_holds_across_workers(
-    sqs: Any, queues: QueueUrls, scripted_maker: tuple[ScriptedMaker, str]
+    sqs: Any, queues: QueueUrls, scripted_maker: tuple[ScriptedMaker, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     script, url = scripted_maker
     count = 50
+    # Every slot any limiter hands out, exactly: the time its clock read (time.monotonic, as the
+    # maker's) plus the delay it gave.
+    slots: list[float] = []
+    read = threading.local()
+
+    def clock() -> float:
+        read.now = time.monotonic()
+        return float(read.now)
+
+    reserve = RateLimiter.reserve
+
+    def reserved(limiter: RateLimiter) -> float:
+        delay = reserve(limiter)
+        slots.append(read.now + delay)
+        return delay
+
+    monkeypatch.setattr(RateLimiter, "__init__", functools.partialmethod(RateLimiter.__init__, clock=clock))
+    monkeypatch.setattr(RateLimiter, "reserve", reserved)
     send_requests(sqs, queues.request, [str(uuid.uuid1()) for _ in range(count)])
     settings = Settings(maker_url=url, wait_time=0, workers=8, max_rate=20)
     consumer = running(Consumer(sqs, queues, settings))
     try:
-        wait_until(lambda: consumer.counts[OK] == count, timeout=20)
+        wait_until(lambda: depth(sqs, queues.request) == (0, 0) and consumer.outbox.pending() == 0, 30)
     finally:
         consumer.stop()
         consumer.join(grace=1)
-    times = sorted(r["at"] for r in script.requests)
-    assert len(times) == count
-    # The limiter's slots are exactly 1/20 s apart (test_rate_limit.py, on a fake clock); here each
-    # call reaches the maker a thread wake-up after its slot, which on a busy machine can be this
-    # late, and one late call can share a window with the calls of the slots after it.
-    late = 0.15
-    # In any one second, at most 20 calls (21 counting one at each edge of the window), and those
-    # whose slots came in the 0.15 s before it but were late.
-    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
-    assert busiest <= 21 + round(20 * late)
-    # And on average no faster than 20 a second: the 50 slots span 49/20 s, less the first's lateness.
-    assert times[-1] - times[0] >= (count - 1) / 20 - late
+    calls = sorted(r["at"] for r in script.requests)
+    assert len(calls) >= count and len(slots) == len(calls)  # one slot for every call, at least once
+    # The slots the 8 workers were given are 1/20 s apart, one after another: 20 a second at most
+    # in any window (exactly so on a fake clock in test_rate_limit.py).
+    slots.sort()
+    assert min(b - a for a, b in itertools.pairwise(slots)) >= 1 / 20 - 1e-6
+    # And no call reached the maker before its slot: the k-th call to arrive came after the k-th
+    # slot. (Not "at most 20 calls in any second at the maker": each call arrives a thread wake-up
+    # after its slot, which on a busy machine bunches a late call with the next ones.)
+    # (So on average no faster than 20 a second at the maker either.)
+    assert all(call >= slot - 1e-3 for call, slot in zip(calls, slots, strict=True))
     assert json.loads(script.requests[0]["body"])["widget_id"]
