@@ -81,6 +81,7 @@ from devtools.stack import (
     start_maker,
     start_sqs,
 )
+from tests.helpers import WaitTimeout, wait_until
 from widgets.messages import FAILED, OK, REJECTED, new_widget_id, request_body
 from widgets.sqs import DEAD_LETTER_QUEUE, REQUEST_QUEUE, RESPONSE_QUEUE, SQSClient, make_client
 
@@ -288,14 +289,26 @@ def queue_counts(sqs: SQSClient, url: str) -> tuple[int, int]:
     return waiting, int(attributes["ApproximateNumberOfMessagesNotVisible"])
 
 
+def held_within(condition: Callable[[], object], timeout: float, pause: float = 0.25) -> bool:
+    """Tell whether condition() came true within timeout: the chaos test reports it as a check."""
+    try:
+        wait_until(condition, max(timeout, 0.0), pause=pause)
+    except WaitTimeout:
+        return False
+    return True
+
+
 def wait_drained(sqs: SQSClient, url: str, timeout: float) -> tuple[int, int]:
     """Wait until a queue holds nothing, visible or in flight; return the last counts seen."""
-    deadline = time.monotonic() + timeout
-    while True:
+    counts = queue_counts(sqs, url)
+
+    def drained() -> bool:
+        nonlocal counts
         counts = queue_counts(sqs, url)
-        if counts == (0, 0) or time.monotonic() > deadline:
-            return counts
-        time.sleep(0.5)
+        return counts == (0, 0)
+
+    held_within(drained, timeout, 0.5)
+    return counts
 
 
 def receive_all(sqs: SQSClient, url: str) -> list[dict[str, Any]]:
@@ -324,22 +337,20 @@ def new_lines(process: Process, start: int, pattern: str) -> list[str]:
 
 def wait_line(processes: Sequence[Process], starts: Sequence[int], pattern: str, timeout: float) -> bool:
     """Wait until one of processes prints a line matching pattern after its start index."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(new_lines(p, s, pattern) for p, s in zip(processes, starts, strict=True)):
-            return True
-        time.sleep(0.05)
-    return False
+    return held_within(
+        lambda: any(new_lines(p, s, pattern) for p, s in zip(processes, starts, strict=True)), timeout, 0.05
+    )
 
 
 def wait_event(event: threading.Event, sender: Sender | FaultsSender, timeout: float, what: str) -> None:
     """Wait for event, giving up when the sender failed or after timeout."""
-    deadline = time.monotonic() + timeout
-    while not event.wait(0.1):
+
+    def happened() -> bool:
         if sender.errors:
             raise RuntimeError(f"the sender failed before {what}") from sender.errors[0]
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not happen within {timeout:g}s")
+        return event.wait(0.1)
+
+    wait_until(happened, timeout, f"{what} did not happen", pause=0)
 
 
 class Sender:
@@ -715,7 +726,7 @@ def run_chaos(size: Size, tmp: Path, sqs_kind: str) -> tuple[list[Check], Stack]
             clock.say(f"fault {group}: maker stopped (outage {number})")
             sender.fault_started[group].set()
             noticed = wait_line(consumers, starts, r"breaker_open: maker unreachable", timeout=20)
-            time.sleep(size.outage_seconds(number))
+            time.sleep(size.outage_seconds(number))  # the outage itself: its length is the scenario
             maker, _ = start_maker(db, port=maker_port, args=maker_args)
             stack.add(maker)
             # Every breaker that opened lets requests through again once a probe finds the maker.
@@ -731,7 +742,8 @@ def run_chaos(size: Size, tmp: Path, sqs_kind: str) -> tuple[list[Check], Stack]
             maker.signal(signal.SIGSTOP)
             sender.fault_started[group].set()
             wait_event(sender.group_started[group], sender, 60, f"group {group}")
-            # The consumers' workers now wait on the paused maker, their look-ahead batches unstarted.
+            # The consumers' workers now wait on the paused maker, their look-ahead batches unstarted
+            # (a pause that shapes the scenario; the checks hold whatever it catches).
             time.sleep(0.5)
             return queue_counts(sqs, request_url)[1]
 
@@ -750,7 +762,7 @@ def run_chaos(size: Size, tmp: Path, sqs_kind: str) -> tuple[list[Check], Stack]
         sqs_process.signal(signal.SIGSTOP)
         unwritten_from = len(victim.lines)
         maker.signal(signal.SIGCONT)
-        time.sleep(0.5)
+        time.sleep(0.5)  # K gets its answers meanwhile (the scenario; the checks hold however many)
         victim.kill()
         sqs_process.signal(signal.SIGCONT)
         for consumer in consumers:
@@ -771,7 +783,7 @@ def run_chaos(size: Size, tmp: Path, sqs_kind: str) -> tuple[list[Check], Stack]
         freeze_maker(4)
         terminated_at = time.monotonic()
         second.signal(signal.SIGTERM)
-        time.sleep(0.3)
+        time.sleep(0.3)  # B is stopping while the maker is still paused (the scenario)
         maker.signal(signal.SIGCONT)
         try:
             term_code: int | None = second.popen.wait(15)
@@ -1118,15 +1130,6 @@ class Monitor:
         self.thread.join(5)
 
 
-def wait_until(condition: Callable[[], bool], deadline: float, pause: float = 0.25) -> bool:
-    """Wait until condition() holds or time.monotonic() passes deadline; return whether it held."""
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(pause)
-    return True
-
-
 def stop_together(processes: Sequence[Process], timeout: float = 15.0) -> dict[str, int]:
     """Send SIGTERM to every process at once (one signal each: a second one means "exit now"), wait
     for each, SIGKILL any still running after timeout; return the exit codes by name."""
@@ -1230,24 +1233,24 @@ def run_sqs_faults(
         if sender.errors:
             raise RuntimeError("the sender failed") from sender.errors[0]
         deadline = outage_end + size.drain_wait
-        answered = wait_until(
+        answered = held_within(
             lambda: (
                 len(collector.first_answers().keys() & {r.message_id for r in sender.sent})
                 == len(sender.sent)
             ),
-            deadline,
+            deadline - time.monotonic(),
         )
         clock.say(f"every request answered: {answered}; waiting for the request queue to drain")
-        drained = wait_until(
-            lambda: queue_counts(direct, request_url) == (0, 0), max(deadline, time.monotonic() + 10), 0.5
+        drained = held_within(
+            lambda: queue_counts(direct, request_url) == (0, 0), max(deadline - time.monotonic(), 10), 0.5
         )
         drained_at = time.monotonic() if drained else None
         final_counts = queue_counts(direct, request_url)
         clock.say(f"request queue: {final_counts[0]} visible, {final_counts[1]} in flight")
         # A drain faster than the health check's return must not cut its measure short.
-        wait_until(
+        held_within(
             lambda: any(at > outage_end and status == 200 for at, status in monitor.health),
-            outage_end + HEALTHY_WITHIN + 1,
+            outage_end + HEALTHY_WITHIN + 1 - time.monotonic(),
         )
         monitor.stop()
         end_codes = stop_together([first, second])

@@ -12,13 +12,12 @@ import signal
 import struct
 import subprocess
 import termios
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from devtools.stack import PYTHON, ROOT, Process, free_port, run_script, script_env, sigint_back, start_sqs
-from tests.helpers import drain, fill_dead_letter_queue
+from tests.helpers import drain, fill_dead_letter_queue, wait_until
 from widgets.messages import new_widget_id, request_body
 from widgets.sqs import (
     DEAD_LETTER_QUEUE,
@@ -82,18 +81,20 @@ def test_an_unreachable_endpoint_is_no_traceback() -> None:
 
 
 def read_until(fd: int, done: Callable[[str], bool], timeout: float = 15.0) -> str:
-    """Read a pseudo-terminal until done(what was read) or the timeout; return what was read."""
+    """Read a pseudo-terminal until done(what was read) or the other end closed; return what was read."""
     text = ""
-    deadline = time.monotonic() + timeout
-    while not done(text):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not seen within {timeout}s:\n{text!r}")
-        readable, _, _ = select.select([fd], [], [], 0.1)
-        if readable:
+    closed = False
+
+    def read() -> bool:
+        nonlocal text, closed
+        if select.select([fd], [], [], 0.1)[0]:
             try:
                 text += os.read(fd, 65536).decode()
             except OSError:  # the other end closed: the process exited
-                return text
+                closed = True
+        return closed or done(text)
+
+    wait_until(read, timeout, lambda: f"not seen:\n{text!r}", pause=0)
     return text
 
 

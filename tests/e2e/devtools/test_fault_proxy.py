@@ -25,6 +25,7 @@ from botocore.retries.standard import RetryContext, ThrottledRetryableChecker
 from devtools.fault_proxy import FAULTS, FaultProxy, check_rates, main, read_message
 from devtools.latency_proxy import parse_target
 from devtools.stack import local_sqs_kinds, start_fault_proxy, start_sqs
+from tests.helpers import wait_until
 from widgets.sqs import SQSClient
 
 # The client's read timeout when a test expects a held answer: short, so the test is too.
@@ -199,10 +200,8 @@ def test_an_outage_refuses_and_resets_then_ends(sqs_server: str) -> None:
             )
         )
         polling.start()
-        deadline = time.monotonic() + 10
-        while proxy.counts()[0]["ReceiveMessage"] == 0:  # the long poll has reached the proxy
-            assert time.monotonic() < deadline, "the receive never reached the proxy"
-            time.sleep(0.02)
+        # The long poll has reached the proxy.
+        wait_until(lambda: proxy.counts()[0]["ReceiveMessage"] > 0, 10, "the receive never reached the proxy")
         started = time.monotonic()
         proxy.outage(True)
         polling.join(10)

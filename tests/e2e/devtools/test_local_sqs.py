@@ -129,7 +129,9 @@ def test_a_long_poll_returns_a_message_sent_while_it_waits(server: Server) -> No
     received: list[Any] = []
     poll = threading.Thread(target=lambda: received.extend(server.receive(url, wait=5)))
     poll.start()
-    time.sleep(0.5)  # so the receive is already waiting when the message comes
+    # So the receive is already waiting when the message comes (nothing shows it is; were it not
+    # yet, the test would pass without testing the long poll, never fail).
+    time.sleep(0.5)
     server.client.send_message(QueueUrl=url, MessageBody="arrived")
     poll.join(10)
     assert [m["Body"] for m in received] == ["arrived"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -16,6 +16,7 @@ import requests
 
 from devtools.postgres import PostgresServer
 from devtools.stack import PYTHON, Process, free_port, start_consumer, start_maker, start_sqs, wait_http
+from tests.helpers import wait_until
 from widgets.maker.postgres import PostgresStore
 from widgets.messages import new_widget_id
 from widgets.producer import send_requests
@@ -36,14 +37,6 @@ COUNT = 100
 OUTAGE_SECONDS = 5.0
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
-    """Wait until condition() is true, or fail after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def rows(url: str) -> int:
     """Return how many widgets the database holds (-1 while it does not answer)."""
     try:
@@ -56,17 +49,19 @@ def rows(url: str) -> int:
 
 def post_until_answered(base: str, widget_id: str, timeout: float = 60) -> tuple[int, dict[str, Any]]:
     """POST a widget by hand, again while the maker is away or answers 503; return the 2xx answer."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def answered() -> tuple[int, dict[str, Any]] | None:
         try:
             answer = requests.post(f"{base}/add", json={"widget_id": widget_id}, timeout=5)
-            if answer.status_code in (200, 201):
-                return answer.status_code, answer.json()
-            assert answer.status_code == 503, answer.text  # never 500
         except requests.ConnectionError:
-            pass  # the maker is being restarted
-        assert time.monotonic() < deadline, f"{widget_id} not made by {base}"
-        time.sleep(0.2)
+            return None  # the maker is being restarted
+        if answer.status_code in (200, 201):
+            return answer.status_code, answer.json()
+        assert answer.status_code == 503, answer.text  # never 500
+        return None
+
+    made: tuple[int, dict[str, Any]] = wait_until(answered, timeout, f"{widget_id} not made by {base}", 0.2)
+    return made
 
 
 @pytest.fixture
@@ -96,7 +91,7 @@ def test_a_maker_killed_mid_request_leaves_nothing_half_made(pg_url: str, proces
     callers = [threading.Thread(target=post_all, args=(widget_ids[i::8],)) for i in range(8)]
     for caller in callers:
         caller.start()
-    wait_until(lambda: len(answered) >= 60, what="60 answers")
+    wait_until(lambda: len(answered) >= 60, 30, "60 answers")
     maker.kill()
     for caller in callers:
         caller.join()
@@ -105,7 +100,7 @@ def test_a_maker_killed_mid_request_leaves_nothing_half_made(pg_url: str, proces
     # PostgreSQL ends the dead maker's sessions: none is left in a transaction, holding a lock.
     with psycopg.connect(pg_url, autocommit=True) as connection:
         sessions = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'widget_maker'"
-        wait_until(lambda: connection.execute(sessions).fetchone() == (0,), what="the sessions to end")
+        wait_until(lambda: connection.execute(sessions).fetchone() == (0,), 30, "the sessions to end")
     store = PostgresStore(pg_url)
     try:
         for widget_id, (_, widget) in answered.items():
@@ -178,14 +173,14 @@ def test_two_makers_on_one_postgres_make_each_widget_once_through_a_crash_and_an
     hand = threading.Thread(target=post_by_hand)
     hand.start()
     try:
-        wait_until(lambda: rows(url) >= 20, what="20 widgets")
+        wait_until(lambda: rows(url) >= 20, 30, "20 widgets")
         killed, _ = makers[0]
         killed.kill()  # mid-run: requests of its consumer and by hand in flight
         port = int(bases[0].rsplit(":", 1)[1])
         processes.append(start_maker(url, port=port)[0])
-        wait_until(lambda: rows(url) >= 50, what="50 widgets")
+        wait_until(lambda: rows(url) >= 50, 30, "50 widgets")
         own_postgres.stop()
-        time.sleep(OUTAGE_SECONDS)  # the outage itself
+        time.sleep(OUTAGE_SECONDS)  # the outage itself: its length is the scenario, nothing to wait for
         own_postgres.start()
         responses: dict[str, dict[str, Any]] = {}
 
@@ -193,7 +188,7 @@ def test_two_makers_on_one_postgres_make_each_widget_once_through_a_crash_and_an
             responses.update((r["MessageId"], r) for r in drain_responses(client, urls.response))
             return len(responses) >= COUNT
 
-        wait_until(all_answered, timeout=60, what=f"{COUNT} responses")
+        wait_until(all_answered, 60, f"{COUNT} responses")
     finally:
         hand.join()
     assert set(responses) == {message_id for message_id, _ in sent.sent}

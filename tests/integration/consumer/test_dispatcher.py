@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.helpers import always, wait_until
 from widgets.consumer.dispatcher import BEHIND, STOPPING, Dispatcher
 from widgets.messages import Received
 
@@ -89,14 +90,6 @@ def give(dispatcher: Dispatcher, messages: list[Received]) -> None:
     """Reserve room for messages, as the receiver does, and dispatch them."""
     assert dispatcher.wait_for_room(len(messages)) == len(messages)
     dispatcher.dispatch(messages)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5) -> None:
-    """Wait until condition() is true."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def interleaved(groups: str, each: int) -> list[Received]:
@@ -224,10 +217,9 @@ def test_a_receiver_is_woken_as_soon_as_a_batch_fits(
     got: list[int] = []
     waiter = threading.Thread(target=lambda: got.append(dispatcher.wait_for_room(10)), daemon=True)
     waiter.start()
-    time.sleep(0.1)
+    time.sleep(0.1)  # for the waiter to be waiting (nothing shows it); were it not yet, it would pass anyway
     dispatcher.let_go(9)
-    time.sleep(0.1)
-    assert got == []  # 9 free: no batch fits yet
+    always(lambda: got == [], 0.1, "woken with 9 free: no batch fits yet")
     dispatcher.let_go(1)  # 10 free: one batch, far from the whole lookahead
     waiter.join(5)
     assert got == [10]

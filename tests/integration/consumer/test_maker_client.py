@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 
 import pytest
 
 from devtools.stack import free_port
-from tests.helpers import ScriptedMaker
+from tests.helpers import ScriptedMaker, wait_until
 from widgets.consumer.maker_client import FAILING, OVERLOADED, UNREACHABLE, MakerClient, parse_retry_after
 from widgets.consumer.observer import Observer
 from widgets.messages import OK, REJECTED, RETRY
@@ -114,8 +113,7 @@ def test_calls_under_way_are_counted(scripted_maker: tuple[ScriptedMaker, str]) 
     seen: list[int] = []
     with ThreadPoolExecutor(3) as pool:
         calls = [pool.submit(client.create, VALID_ID, f"message-{n}") for n in range(3)]
-        while len(script.requests) < 3:
-            time.sleep(0.01)
+        wait_until(lambda: len(script.requests) == 3)
         seen.append(client.in_flight)
         assert [call.result().status for call in calls] == [OK] * 3
     assert seen == [3]

@@ -13,7 +13,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from devtools.stack import free_port
-from tests.helpers import Samples, by_label, scrape
+from tests.helpers import Samples, by_label, scrape, wait_until
 from widgets.consumer import Consumer, Settings
 from widgets.consumer.metrics import ConsumerMetrics
 from widgets.consumer.observer import Observer, Snapshot
@@ -215,10 +215,7 @@ def test_a_consumer_run_is_counted(sqs: Any, queues: QueueUrls, maker_url: str) 
     consumer = Consumer(sqs, queues, Settings(maker_url=maker_url, wait_time=0, workers=2), observer=metrics)
     consumer.start()
     try:
-        deadline = time.monotonic() + 10
-        while consumer.counted()[OK] + consumer.counted()[REJECTED] < 8:
-            assert time.monotonic() < deadline, "timed out"
-            time.sleep(0.05)
+        wait_until(lambda: consumer.counted()[OK] + consumer.counted()[REJECTED] >= 8, 20, consumer.counted)
     finally:
         consumer.stop()
         assert consumer.join(grace=1) == 0

@@ -7,6 +7,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -16,6 +17,7 @@ from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
 from tests.helpers import (
     FakeClock,
     all_bodies,
+    always,
     depth,
     receive_one,
     received,
@@ -314,52 +316,64 @@ def test_outbox_keeps_what_sqs_refused(sqs: Any, queues: QueueUrls, monkeypatch:
     assert len(all_bodies(sqs, queues.response)) == 3
 
 
-def batch_calls(sqs: Any) -> list[tuple[str, int, float]]:
-    """Record each batch write the client makes: (operation, entries, when)."""
+def batch_calls(sqs: Any, clock: Callable[[], float] = time.monotonic) -> list[tuple[str, int, float]]:
+    """Record each batch write the client makes: (operation, entries, when by clock)."""
     calls: list[tuple[str, int, float]] = []
 
     def record(params: dict[str, Any], model: Any, **kwargs: Any) -> None:
         if model.name.endswith("Batch"):
-            calls.append((model.name, len(params["Entries"]), time.monotonic()))
+            calls.append((model.name, len(params["Entries"]), clock()))
 
     sqs.meta.events.register("provide-client-params.sqs", record)
     return calls
 
 
 def test_a_flush_for_a_full_batch_leaves_the_rest_until_its_interval(sqs: Any, queues: QueueUrls) -> None:
-    outbox = Outbox(sqs, queues, flush_interval=0.5)
+    clock = FakeClock()  # the outbox's time: it moves only when the test says
+    outbox = Outbox(sqs, queues, flush_interval=0.5, clock=clock)
     for message in received(sqs, queues.request, 13):
         outbox.respond_and_delete(message, "{}")
     calls = batch_calls(sqs)
-    started = time.monotonic()
     outbox.start()
-    wait_until(lambda: outbox.pending() == 0, timeout=5)
-    outbox.close(1)
+    try:
+        wait_until(lambda: len(calls) >= 2)  # the full batch at once: its time has not moved
+        # The rest waits for its interval (however long the test waits on the wall clock).
+        always(lambda: len(calls) == 2, 0.3, "the part-filled batch went before its interval")
+        clock.now += 0.5
+        wait_until(lambda: outbox.pending() == 0)
+    finally:
+        outbox.close(1)
     assert [(name, size) for name, size, _ in calls] == [
         ("SendMessageBatch", 10),
         ("DeleteMessageBatch", 10),
         ("SendMessageBatch", 3),
         ("DeleteMessageBatch", 3),
     ]
-    assert calls[1][2] - started < 0.4 <= calls[2][2] - started  # the full batch at once, the rest later
     assert depth(sqs, queues.request) == (0, 0)
 
 
 def test_full_batches_do_not_hold_back_a_part_filled_one(sqs: Any, queues: QueueUrls) -> None:
     messages = received(sqs, queues.request, 13)
-    outbox = Outbox(sqs, queues, flush_interval=0.3)
-    calls = batch_calls(sqs)
+    clock = FakeClock()
+    outbox = Outbox(sqs, queues, flush_interval=0.3, clock=clock)
+    calls = batch_calls(sqs, clock)
     outbox.start()
-    for message in messages[10:]:
-        outbox.change_visibility(message, 0)  # three hand-backs, never a full batch
-    started = time.monotonic()
-    while time.monotonic() - started < 1.5:  # full batches of responses, steadily
-        for message in messages[:10]:
-            outbox.respond_and_delete(message, "{}")
-        time.sleep(0.05)
-    outbox.close(2)
+    try:
+        for message in messages[10:]:
+            outbox.change_visibility(message, 0)  # three hand-backs, never a full batch
+        # Full batches of responses, steadily, for 1.5 s of the outbox's time: a batch every
+        # 0.05 s, each taken before the next comes (so the outbox looked at every moment).
+        for sent in range(1, 31):
+            clock.now = sent * 0.05
+            for message in messages[:10]:
+                outbox.respond_and_delete(message, "{}")
+            wait_until(lambda: sum(name == "SendMessageBatch" for name, _, _ in calls) >= sent)  # noqa: B023
+    finally:
+        outbox.close(2)
     [changed_at] = [at for name, _, at in calls if name == "ChangeMessageVisibilityBatch"]
-    assert changed_at - started < 1.0  # within about its interval, not after the stream
+    # Due at 0.3 and taken then (its call's thread may record it a batch or two later), not after
+    # the stream.
+    assert 0.3 <= changed_at < 1.0
     assert any(name == "SendMessageBatch" and at > changed_at for name, _, at in calls)
 
 

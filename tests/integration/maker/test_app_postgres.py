@@ -3,7 +3,6 @@ saying so, and the connection URL's password kept out of logs, errors and the co
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -14,6 +13,7 @@ from flask import Flask
 import widget_maker
 from devtools.postgres import PostgresServer
 from devtools.stack import free_port
+from tests.helpers import wait_until
 from widgets.maker import create_app
 
 
@@ -46,10 +46,7 @@ def test_the_database_away_is_503_with_retry_after_and_never_500(
         assert answer.get_json() == {"error": "the database does not answer; try again later", "status": 503}
     assert client.post("/add", json={"widget_id": "not-an-id"}).status_code == 422  # no database needed
     own_postgres.start()
-    deadline = time.monotonic() + 10
-    while client.get("/healthz").status_code != 200:
-        assert time.monotonic() < deadline, "the maker did not reconnect"
-        time.sleep(0.05)
+    wait_until(lambda: client.get("/healthz").status_code == 200, 20, "the maker did not reconnect")
     assert client.post("/add", json={"widget_id": made}).status_code == 200
     assert client.post("/add", json={"widget_id": str(uuid.uuid1())}).status_code == 201
     assert pg_app.extensions["widget_store"].count() == 2

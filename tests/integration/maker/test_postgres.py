@@ -14,6 +14,7 @@ import pytest
 
 from devtools.postgres import PostgresServer
 from devtools.stack import free_port
+from tests.helpers import wait_until
 from widgets.maker.postgres import PostgresStore
 from widgets.maker.store import StoreUnavailable, masked_url
 from widgets.messages import new_widget_id
@@ -32,14 +33,6 @@ def makers(pg_url: str) -> Iterator[Callable[[], PostgresStore]]:
     yield open_one
     for store in opened:
         store.close()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 15) -> None:
-    """Wait until condition() is true, or fail after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def answers(store: PostgresStore) -> bool:
