@@ -71,7 +71,7 @@ test: all  ## the whole test suite, in TEST_WORKERS (3) processes; a worker done
 
 chaos: export CHAOS_SIZE := full
 chaos: all  ## the full chaos test: maker and consumer faults while 350 requests flow; SQS faults (fault proxy, outage) while 1,000 do
-	$(PYTHON) -m pytest tests/test_chaos.py -s $(ARGS)
+	$(PYTHON) -m pytest tests/e2e/test_chaos.py -s $(ARGS)
 
 bench: all  ## throughput from the same depth (N=500): raw SQS, the consumer (with metrics, with 20 ms SQS latency), sqs-relay signing, the seed's loop; ARGS="--sqs-latency-ms 0"
 	$(PYTHON) -m bench.bench --count $(N) $(ARGS)

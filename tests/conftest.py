@@ -4,11 +4,9 @@ which local SQS servers the end-to-end tests run on, and a throwaway PostgreSQL.
 from __future__ import annotations
 
 import json
-import os
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,16 +19,12 @@ from moto import mock_aws
 from werkzeug.serving import make_server
 
 from devtools.postgres import FAST_SETTINGS, PostgresServer, server_version, unavailable_reason
-from devtools.stack import FAUXQS_HINT, LOCAL_SQS_ENV, local_sqs_kind, local_sqs_kinds, local_sqs_version
+from devtools.stack import FAUXQS_HINT, local_sqs_kinds, local_sqs_version
+from tests.helpers import ScriptedMaker, local_sqs_kinds_to_test, serve_in_thread
 from widgets.maker import create_app
 from widgets.sqs import DEAD_LETTER_QUEUE, REQUEST_QUEUE, RESPONSE_QUEUE, QueueUrls, ensure_queues
 
 REGION = "us-east-1"
-
-
-def local_sqs_kinds_to_test() -> list[str]:
-    """The local SQS servers the end-to-end tests use: the one WIDGETS_LOCAL_SQS names, else all here."""
-    return [local_sqs_kind()] if os.environ.get(LOCAL_SQS_ENV, "").strip() else local_sqs_kinds()
 
 
 def pytest_report_header() -> list[str]:
@@ -40,6 +34,16 @@ def pytest_report_header() -> list[str]:
     reason = unavailable_reason()
     postgres = f"PostgreSQL {server_version()}" if reason is None else f"none, those tests skip: {reason}"
     return [f"local SQS for the end-to-end tests: {kinds}{missing}", f"PostgreSQL store tests: {postgres}"]
+
+
+E2E = Path(__file__).parent / "e2e"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under tests/e2e/ as e2e (real processes), so -m "not e2e" runs the rest."""
+    for item in items:
+        if item.path.is_relative_to(E2E):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(params=local_sqs_kinds_to_test())
@@ -93,19 +97,6 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-def serve_in_thread(server: Any) -> Callable[[], None]:
-    """Serve a server in a daemon thread; return the function that stops it."""
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-    return stop
-
-
 @pytest.fixture
 def maker_url(app: Flask) -> Iterator[str]:
     """The real maker app served over HTTP on a free port; yields its /add URL."""
@@ -113,26 +104,6 @@ def maker_url(app: Flask) -> Iterator[str]:
     stop = serve_in_thread(server)
     yield f"http://127.0.0.1:{server.port}/add"
     stop()
-
-
-class ScriptedMaker:
-    """A stand-in maker answering with a set status (and delay), for answers the real one never gives."""
-
-    def __init__(self) -> None:
-        """Answer 201 until told otherwise."""
-        self.status = 201
-        # Or a status chosen for each request from its body (None: the status above).
-        self.status_for: Callable[[bytes], int | None] = lambda body: None
-        self.delay = 0.0
-        self.headers: dict[str, str] = {}
-        self.requests: list[dict[str, Any]] = []
-        # HTTP/1.1 keeps connections open, as the real maker (waitress) does; HTTP/1.0 closes each.
-        self.keep_alive = False
-        # Close the connection after each answer without saying so, as a server's idle timeout does.
-        self.drop_after_answer = False
-        # Set when the test ends: a delayed answer is then dropped, not written minutes later into
-        # another test's captured stderr (as a BrokenPipe traceback from the server thread).
-        self.stopped = threading.Event()
 
 
 @pytest.fixture

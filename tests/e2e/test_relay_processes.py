@@ -15,6 +15,7 @@ import pytest
 
 from devtools.stack import PYTHON, Process, start_sqs
 from devtools.webhook_receiver import WebhookReceiver
+from tests.helpers import wait_until
 from widgets.messages import FAILED, OK, REJECTED
 
 pytestmark = pytest.mark.e2e
@@ -75,14 +76,6 @@ def relay(sqs_kind: str) -> Iterator[Relay]:
     receiver.stop()
     for process in reversed(running.processes):
         process.stop(timeout=5)
-
-
-def wait_until(condition: Any, timeout: float, what: str) -> None:
-    """Wait until condition() is true, failing with what after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def send(relay: Relay, queue: str, body: str, **extra: Any) -> str:
