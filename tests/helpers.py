@@ -390,14 +390,15 @@ class Stack:
         )
 
     def responses(self, expected: int = 0, timeout: float = 10) -> list[dict[str, Any]]:
-        """Drain the response queue, waiting up to timeout for expected responses; return them."""
+        """Drain the response queue, waiting up to timeout for expected requests answered; return them all."""
         found: list[dict[str, Any]] = []
 
         def enough() -> bool:
             found.extend(self._drain_responses())
-            return len(found) >= expected
+            # Requests answered, each once however many times (at least once delivery).
+            return len({r["MessageId"] for r in found}) >= expected
 
-        wait_until(enough, timeout, lambda: f"{len(found)} responses of {expected}")
+        wait_until(enough, timeout, lambda: f"{len(found)} responses, {expected} requests to answer")
         return found + self._drain_responses()
 
     def _drain_responses(self) -> list[dict[str, Any]]:
