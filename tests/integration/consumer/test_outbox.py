@@ -257,14 +257,12 @@ def test_the_age_bound_allows_for_the_write_timeout(sqs: Any, queues: QueueUrls)
     assert outbox.behind()
 
 
-def test_receives_count_as_failing_after_half_a_second_and_say_when_settling_holds_them_back(
-    sqs: Any, queues: QueueUrls
-) -> None:
+def a_receiver(sqs: Any, url: str, behind: Callable[[], bool] = lambda: False) -> Receiver:
+    """A receiver of one message at a time from url, not started, with a dispatcher and breaker of its own."""
     stopping = threading.Event()
-    behind = [False]
-    receiver = Receiver(
+    return Receiver(
         sqs=sqs,
-        url=queues.request,
+        url=url,
         dispatcher=Dispatcher(
             workers=1, lookahead=1, handle=lambda m: True, release=print, stopping=stopping
         ),
@@ -275,8 +273,15 @@ def test_receives_count_as_failing_after_half_a_second_and_say_when_settling_hol
         wait_time=0,
         visibility_timeout=5,
         stopping=stopping,
-        behind=lambda: behind[0],
+        behind=behind,
     )
+
+
+def test_receives_count_as_failing_after_half_a_second_and_say_when_settling_holds_them_back(
+    sqs: Any, queues: QueueUrls
+) -> None:
+    behind = [False]
+    receiver = a_receiver(sqs, queues.request, behind=lambda: behind[0])
     error = EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
     receiver._outage.failed(error)
     receiver._outage.failed(error)
@@ -293,21 +298,7 @@ def test_a_fifo_receive_whose_answer_was_lost_is_made_again_with_its_attempt_id(
     sqs: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = create_queue(sqs, "Orders.fifo")
-    stopping = threading.Event()
-    receiver = Receiver(
-        sqs=sqs,
-        url=url,
-        dispatcher=Dispatcher(
-            workers=1, lookahead=1, handle=lambda m: True, release=print, stopping=stopping
-        ),
-        breaker=Breaker(),
-        probe=lambda: True,
-        heartbeat=Heartbeat(extend=lambda m, s, done: None, visibility_timeout=5),
-        batch_size=1,
-        wait_time=0,
-        visibility_timeout=5,
-        stopping=stopping,
-    )
+    receiver = a_receiver(sqs, url)
     attempts: list[str] = []
     real_receive = sqs.receive_message
     failures = [
